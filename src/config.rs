@@ -1,0 +1,449 @@
+//! The configuration: TOML file, `LLMTRACE_*` environment overrides, defaults.
+//!
+//! Precedence, lowest to highest: built-in defaults, the config file, environment
+//! variables, command-line flags (applied by the caller). Every key of the file has
+//! an environment variable named after its path: `storage.flush_interval` is
+//! `LLMTRACE_STORAGE_FLUSH_INTERVAL`, top-level `data_dir` is `LLMTRACE_DATA_DIR`.
+//! Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "LLMTRACE_";
+
+/// Environment variables with the prefix that are not config keys.
+const ENV_NOT_CONFIG: &[&str] = &["LLMTRACE_LOG", "LLMTRACE_BIN"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Root of everything llmtrace writes (spans/, rollups/, wal/, alerts/).
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub ingest: IngestConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// OTLP/gRPC listener.
+    pub grpc_addr: SocketAddr,
+    /// OTLP/HTTP listener (`POST /v1/traces`).
+    pub http_addr: SocketAddr,
+    /// Query, stats, health and metrics API.
+    pub api_addr: SocketAddr,
+    /// How long shutdown waits for in-flight requests before flushing anyway.
+    pub shutdown_grace: HumanDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest request body accepted on the wire (compressed size).
+    pub max_request_bytes: ByteSize,
+    /// Largest request after decompression; protects against gzip bombs.
+    pub max_decompressed_bytes: ByteSize,
+    /// Attribute string values longer than this are cut (and marked as cut).
+    pub max_attribute_value_bytes: ByteSize,
+    /// Spans whose start time lies further in the future than this are rejected.
+    pub max_future_skew: HumanDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Flush the span buffer to Parquet at least this often.
+    pub flush_interval: HumanDuration,
+    /// Flush as soon as the buffered Arrow data reaches this size.
+    pub flush_bytes: ByteSize,
+    /// Maximum rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// zstd compression level of the Parquet files (1-22).
+    pub zstd_level: i32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./llmtrace-data"),
+            server: ServerConfig::default(),
+            ingest: IngestConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: ByteSize(16 << 20),
+            max_decompressed_bytes: ByteSize(64 << 20),
+            max_attribute_value_bytes: ByteSize(64 << 10),
+            max_future_skew: HumanDuration(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval: HumanDuration(Duration::from_secs(10)),
+            flush_bytes: ByteSize(64 << 20),
+            row_group_rows: 128 * 1024,
+            zstd_level: 3,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then `LLMTRACE_*` from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut tree, env)?;
+        let config: Config =
+            Config::deserialize(toml::Value::Table(tree)).map_err(|e| ConfigError::Parse {
+                path: file
+                    .map(Path::to_owned)
+                    .unwrap_or_else(|| "<environment>".into()),
+                message: e.to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if self.storage.flush_interval.0.is_zero() {
+            return invalid("storage.flush_interval", "must be greater than 0");
+        }
+        if self.storage.flush_bytes.0 == 0 {
+            return invalid("storage.flush_bytes", "must be greater than 0");
+        }
+        if self.storage.row_group_rows == 0 {
+            return invalid("storage.row_group_rows", "must be greater than 0");
+        }
+        if !(1..=22).contains(&self.storage.zstd_level) {
+            return invalid("storage.zstd_level", "must be between 1 and 22");
+        }
+        if self.ingest.max_request_bytes.0 == 0 {
+            return invalid("ingest.max_request_bytes", "must be greater than 0");
+        }
+        if self.ingest.max_decompressed_bytes.0 < self.ingest.max_request_bytes.0 {
+            return invalid(
+                "ingest.max_decompressed_bytes",
+                "must be at least ingest.max_request_bytes",
+            );
+        }
+        if self.ingest.max_attribute_value_bytes.0 < 16 {
+            return invalid("ingest.max_attribute_value_bytes", "must be at least 16");
+        }
+        Ok(())
+    }
+}
+
+/// Every leaf key path of the config, from the defaults: the set of valid env names.
+fn leaf_paths() -> Vec<Vec<String>> {
+    fn walk(prefix: &mut Vec<String>, value: &toml::Value, out: &mut Vec<Vec<String>>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    prefix.push(k.clone());
+                    walk(prefix, v, out);
+                    prefix.pop();
+                }
+            }
+            _ => out.push(prefix.clone()),
+        }
+    }
+    let defaults = toml::Value::try_from(Config::default()).expect("defaults serialize");
+    let mut out = Vec::new();
+    walk(&mut Vec::new(), &defaults, &mut out);
+    out
+}
+
+fn apply_env(
+    tree: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let paths = leaf_paths();
+    for (var, raw) in env {
+        let Some(suffix) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if ENV_NOT_CONFIG.contains(&var.as_str()) {
+            continue;
+        }
+        let Some(path) = paths
+            .iter()
+            .find(|p| p.join("_").eq_ignore_ascii_case(suffix))
+        else {
+            return Err(ConfigError::Env {
+                var,
+                message: "not a config key (see deploy/llmtrace.example.toml)".into(),
+            });
+        };
+        // A number or boolean is taken as such; anything else is a string.
+        let value = if let Ok(n) = raw.parse::<i64>() {
+            toml::Value::Integer(n)
+        } else if let Ok(b) = raw.parse::<bool>() {
+            toml::Value::Boolean(b)
+        } else {
+            toml::Value::String(raw)
+        };
+        let (leaf, parents) = path.split_last().expect("non-empty path");
+        let mut table = &mut *tree;
+        for p in parents {
+            let entry = table
+                .entry(p.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
+                var: var.clone(),
+                message: format!("`{p}` in the config file is not a table"),
+            })?;
+        }
+        table.insert(leaf.clone(), value);
+    }
+    Ok(())
+}
+
+/// A duration written as `10s`, `500ms`, `2m`, `1h 30m` (humantime syntax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                format!("invalid duration {s:?} ({e}); use e.g. \"10s\", \"500ms\", \"2m\"")
+            })
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size in bytes written as an integer or with a unit: `512KiB`, `64MiB`, `1GB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let bad = || format!("invalid size {s:?}; use e.g. 65536, \"512KiB\", \"64MiB\"");
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(bad)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        for (m, u) in UNITS {
+            if self.0 >= m && self.0 % m == 0 {
+                return write!(f, "{}{u}", self.0 / m);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl ByteSize {
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./llmtrace-data"));
+        assert_eq!(c.server.grpc_addr.to_string(), "127.0.0.1:4317");
+        assert_eq!(c.server.http_addr.to_string(), "127.0.0.1:4318");
+        assert_eq!(c.server.api_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.storage.flush_interval.0, Duration::from_secs(10));
+        assert_eq!(c.storage.flush_bytes.0, 64 << 20);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/srv/x\"\n[storage]\nflush_interval = \"2s\"\nflush_bytes = \"1MiB\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("LLMTRACE_STORAGE_FLUSH_INTERVAL", "250ms"),
+                ("LLMTRACE_STORAGE_ROW_GROUP_ROWS", "1000"),
+                ("LLMTRACE_SERVER_GRPC_ADDR", "0.0.0.0:14317"),
+                ("LLMTRACE_LOG", "debug"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/x"));
+        assert_eq!(c.storage.flush_interval.0, Duration::from_millis(250));
+        assert_eq!(c.storage.flush_bytes.0, 1 << 20);
+        assert_eq!(c.storage.row_group_rows, 1000);
+        assert_eq!(c.server.grpc_addr.to_string(), "0.0.0.0:14317");
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[storage]\nflush_intervl = \"2s\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("flush_intervl"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        let err = Config::load(None, env(&[("LLMTRACE_STORAGE_FLUSH_EVERY", "1s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LLMTRACE_STORAGE_FLUSH_EVERY"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = Config::load(None, env(&[("LLMTRACE_STORAGE_FLUSH_INTERVAL", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("soon"), "{err}");
+        let err = Config::load(None, env(&[("LLMTRACE_STORAGE_ZSTD_LEVEL", "99")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.zstd_level"), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!("64MiB".parse::<ByteSize>().unwrap().0, 64 << 20);
+        assert_eq!("1kb".parse::<ByteSize>().unwrap().0, 1000);
+        assert_eq!("123".parse::<ByteSize>().unwrap().0, 123);
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+        assert!("99999999999999999999GiB".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
+    }
+}

@@ -1,0 +1,152 @@
+//! OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+//!
+//! Hand-written rather than the generated server because the generated one
+//! decodes with tonic's codec, which answers an undecodable message with
+//! INTERNAL; OTLP clients must hear INVALID_ARGUMENT (permanent, do not retry).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder};
+use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
+use tonic::server::{NamedService, UnaryService};
+use tonic::{Code, Status};
+use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+use super::Pipeline;
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A google.rpc.Status message (also the OTLP/HTTP error body).
+pub fn rpc_status(code: i32, message: &str) -> RpcStatus {
+    RpcStatus {
+        code,
+        message: message.to_owned(),
+    }
+}
+
+pub use generated::Status as RpcStatus;
+
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
+}
+
+/// The TraceService, serving Export through [`Pipeline`].
+#[derive(Clone)]
+pub struct TraceService {
+    pipeline: Arc<Pipeline>,
+    max_decoding_message_size: usize,
+}
+
+impl TraceService {
+    pub fn new(pipeline: Arc<Pipeline>, max_decoding_message_size: usize) -> Self {
+        Self {
+            pipeline,
+            max_decoding_message_size,
+        }
+    }
+}
+
+impl NamedService for TraceService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl<B> Service<http::Request<B>> for TraceService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != EXPORT_PATH {
+            return Box::pin(async {
+                Ok(Status::unimplemented("only TraceService/Export is served").into_http())
+            });
+        }
+        let export = Export(self.pipeline.clone());
+        let mut grpc = tonic::server::Grpc::new(OtlpCodec)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(self.max_decoding_message_size);
+        Box::pin(async move { Ok(grpc.unary(export, req).await) })
+    }
+}
+
+struct Export(Arc<Pipeline>);
+
+impl UnaryService<ExportTraceServiceRequest> for Export {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<tonic::Response<Self::Response>, Status>;
+
+    fn call(&mut self, request: tonic::Request<ExportTraceServiceRequest>) -> Self::Future {
+        let pipeline = self.0.clone();
+        Box::pin(async move {
+            let request = request.into_inner();
+            let outcome = tokio::task::spawn_blocking(move || pipeline.export(request))
+                .await
+                .map_err(|e| Status::internal(format!("internal error: {e}")))?
+                .map_err(|e| {
+                    tracing::error!(error = %e, "could not accept spans");
+                    Status::internal(e.to_string())
+                })?;
+            let partial_success = (outcome.rejected > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: outcome.rejected as i64,
+                error_message: outcome.message,
+            });
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success,
+            }))
+        })
+    }
+}
+
+/// Prost codec whose decode failures are INVALID_ARGUMENT.
+#[derive(Default)]
+struct OtlpCodec;
+
+impl Codec for OtlpCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = ExportTraceServiceRequest;
+    type Encoder = ProstEncoder<ExportTraceServiceResponse>;
+    type Decoder = InvalidArgumentDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<ExportTraceServiceResponse, ExportTraceServiceRequest>::default().encoder()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        InvalidArgumentDecoder(
+            ProstCodec::<ExportTraceServiceResponse, ExportTraceServiceRequest>::default()
+                .decoder(),
+        )
+    }
+}
+
+struct InvalidArgumentDecoder(ProstDecoder<ExportTraceServiceRequest>);
+
+impl Decoder for InvalidArgumentDecoder {
+    type Item = ExportTraceServiceRequest;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        self.0.decode(buf).map_err(|s| match s.code() {
+            Code::Internal => {
+                Status::invalid_argument(format!("invalid OTLP protobuf: {}", s.message()))
+            }
+            _ => s,
+        })
+    }
+}

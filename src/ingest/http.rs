@@ -1,0 +1,220 @@
+//! OTLP/HTTP receiver: `POST /v1/traces` (and the Langfuse and generic `/otel`
+//! alias paths), protobuf or JSON bodies, optionally gzip-compressed.
+//!
+//! Responses follow the OTLP/HTTP spec: 200 with an ExportTraceServiceResponse
+//! (partial success when spans were rejected), or a google.rpc.Status body with
+//! 400, 413, 415 or 500, encoded like the request (protobuf or JSON).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+
+use super::body::{self, BodyError, Format};
+use super::{ExportOutcome, Pipeline};
+
+/// Every path that accepts OTLP/HTTP traces.
+pub const TRACE_PATHS: &[&str] = &[
+    "/v1/traces",
+    "/api/public/otel/v1/traces",
+    "/otel/v1/traces",
+];
+
+/// gRPC status codes carried in the error body.
+const INVALID_ARGUMENT: i32 = 3;
+const RESOURCE_EXHAUSTED: i32 = 8;
+const INTERNAL: i32 = 13;
+
+#[derive(Clone)]
+struct HttpState {
+    pipeline: Arc<Pipeline>,
+    max_request_bytes: usize,
+    max_decompressed_bytes: usize,
+}
+
+pub fn router(
+    pipeline: Arc<Pipeline>,
+    max_request_bytes: usize,
+    max_decompressed_bytes: usize,
+) -> Router {
+    let state = HttpState {
+        pipeline,
+        max_request_bytes,
+        max_decompressed_bytes,
+    };
+    TRACE_PATHS
+        .iter()
+        .fold(Router::new(), |r, path| r.route(path, post(export)))
+        .with_state(state)
+}
+
+/// An error answer: HTTP status plus google.rpc.Status body.
+struct Failure {
+    http: StatusCode,
+    grpc_code: i32,
+    message: String,
+}
+
+impl Failure {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Failure {
+            http: StatusCode::BAD_REQUEST,
+            grpc_code: INVALID_ARGUMENT,
+            message: message.into(),
+        }
+    }
+
+    fn respond(self, format: Format) -> Response {
+        let body = match format {
+            Format::Protobuf => {
+                crate::ingest::grpc::rpc_status(self.grpc_code, &self.message).encode_to_vec()
+            }
+            Format::Json => serde_json::json!({"code": self.grpc_code, "message": self.message})
+                .to_string()
+                .into_bytes(),
+        };
+        (
+            self.http,
+            [(header::CONTENT_TYPE, content_type(format))],
+            body,
+        )
+            .into_response()
+    }
+}
+
+impl From<BodyError> for Failure {
+    fn from(e: BodyError) -> Self {
+        let http = match e {
+            BodyError::UnsupportedType(_) | BodyError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            BodyError::TooLarge { .. } | BodyError::DecompressedTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            BodyError::BadGzip(_) => StatusCode::BAD_REQUEST,
+        };
+        let grpc_code = if http == StatusCode::PAYLOAD_TOO_LARGE {
+            RESOURCE_EXHAUSTED
+        } else {
+            INVALID_ARGUMENT
+        };
+        Failure {
+            http,
+            grpc_code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn content_type(format: Format) -> HeaderValue {
+    HeaderValue::from_static(match format {
+        Format::Protobuf => "application/x-protobuf",
+        Format::Json => "application/json",
+    })
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    let format = match body::format(header_str(&headers, header::CONTENT_TYPE)) {
+        Ok(f) => f,
+        // Unknown content type: answer in JSON, the form a person can read.
+        Err(e) => return Failure::from(e).respond(Format::Json),
+    };
+    match receive(&state, &headers, body, format).await {
+        Ok(outcome) => success(outcome, format),
+        Err(failure) => failure.respond(format),
+    }
+}
+
+async fn receive(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: Body,
+    format: Format,
+) -> Result<ExportOutcome, Failure> {
+    let limit = state.max_request_bytes;
+    let declared =
+        header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge { limit }.into());
+    }
+    let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            Failure::from(BodyError::TooLarge { limit })
+        } else {
+            Failure::bad_request(format!("could not read request body: {e}"))
+        }
+    })?;
+    let encoding = header_str(headers, header::CONTENT_ENCODING).map(str::to_owned);
+    let pipeline = state.pipeline.clone();
+    let max_decompressed = state.max_decompressed_bytes;
+    // Decoding and normalising a large batch is CPU work: keep it off the
+    // reactor threads.
+    tokio::task::spawn_blocking(move || {
+        let bytes = body::decode(encoding.as_deref(), raw, max_decompressed)?;
+        let request = match format {
+            Format::Protobuf => ExportTraceServiceRequest::decode(bytes)
+                .map_err(|e| Failure::bad_request(format!("invalid OTLP protobuf: {e}")))?,
+            Format::Json => super::otlp_json::decode(&bytes)
+                .map_err(|e| Failure::bad_request(format!("invalid OTLP/JSON: {e}")))?,
+        };
+        pipeline.export(request).map_err(|e| {
+            tracing::error!(error = %e, "could not accept spans");
+            Failure {
+                http: StatusCode::INTERNAL_SERVER_ERROR,
+                grpc_code: INTERNAL,
+                message: e.to_string(),
+            }
+        })
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(Failure {
+            http: StatusCode::INTERNAL_SERVER_ERROR,
+            grpc_code: INTERNAL,
+            message: format!("internal error: {e}"),
+        })
+    })
+}
+
+fn success(outcome: ExportOutcome, format: Format) -> Response {
+    let partial = (outcome.rejected > 0).then(|| ExportTracePartialSuccess {
+        rejected_spans: outcome.rejected as i64,
+        error_message: outcome.message.clone(),
+    });
+    let body = match format {
+        Format::Protobuf => ExportTraceServiceResponse {
+            partial_success: partial,
+        }
+        .encode_to_vec(),
+        // proto3 JSON mapping: int64 as a string, absent partialSuccess on full success.
+        Format::Json => match partial {
+            Some(p) => serde_json::json!({"partialSuccess": {
+                "rejectedSpans": p.rejected_spans.to_string(),
+                "errorMessage": p.error_message,
+            }}),
+            None => serde_json::json!({}),
+        }
+        .to_string()
+        .into_bytes(),
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, content_type(format))],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,82 @@
+//! OTLP receivers: gRPC (tonic) and HTTP (axum), body decoding and limits, and
+//! the pipeline every accepted request goes through:
+//! decode -> normalise -> write-ahead log -> buffer -> acknowledge.
+
+mod body;
+pub mod grpc;
+pub mod http;
+pub mod normalise;
+pub mod otlp_json;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+pub use normalise::Limits;
+
+use crate::store::{Store, StoreError};
+use crate::wal::{WalError, WriteAheadLog};
+
+/// Tenant of requests that carry no credentials.
+pub const DEFAULT_TENANT: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the client is told about one export request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportOutcome {
+    pub accepted: usize,
+    pub rejected: u64,
+    /// Why spans were rejected; empty when none were.
+    pub message: String,
+}
+
+/// The path from a decoded request to acknowledged, buffered spans.
+pub struct Pipeline {
+    limits: Limits,
+    wal: Arc<dyn WriteAheadLog>,
+    store: Arc<Store>,
+    tenant: Arc<str>,
+}
+
+impl Pipeline {
+    pub fn new(limits: Limits, wal: Arc<dyn WriteAheadLog>, store: Arc<Store>) -> Self {
+        Self {
+            limits,
+            wal,
+            store,
+            tenant: Arc::from(DEFAULT_TENANT),
+        }
+    }
+
+    /// Normalises, logs and buffers a request. When this returns Ok the
+    /// accepted spans are acknowledged: they will reach Parquet.
+    pub fn export(&self, request: ExportTraceServiceRequest) -> Result<ExportOutcome, IngestError> {
+        let normalised = normalise::normalise(&request, &self.limits, SystemTime::now());
+        if !normalised.records.is_empty() {
+            self.wal.append(&self.tenant, &request)?;
+            self.store
+                .buffer()
+                .append(&self.tenant, &normalised.records)?;
+        }
+        if normalised.rejected > 0 {
+            tracing::debug!(
+                rejected = normalised.rejected,
+                reason = %normalised.message(),
+                "rejected spans"
+            );
+        }
+        Ok(ExportOutcome {
+            accepted: normalised.records.len(),
+            rejected: normalised.rejected,
+            message: normalised.message(),
+        })
+    }
+}

@@ -1,0 +1,15 @@
+//! llmtrace: an OpenTelemetry trace collector for LLM applications.
+//!
+//! Data flows one way: [`ingest`] decodes OTLP and normalises each span once
+//! ([`genai`] reads the LLM facts, [`record`] holds the typed row), the [`wal`]
+//! seam makes accepted requests durable, and [`store`] buffers rows and writes
+//! them to Parquet. [`serve`] wires the daemon together; [`api`] serves health.
+
+pub mod api;
+pub mod config;
+pub mod genai;
+pub mod ingest;
+pub mod record;
+pub mod serve;
+pub mod store;
+pub mod wal;

@@ -1,0 +1,104 @@
+//! The span row: its typed form ([`SpanRecord`]), its Arrow schema and the
+//! batch builder that turns records into Arrow `RecordBatch`es.
+
+mod builder;
+mod schema;
+
+use std::sync::Arc;
+
+pub use builder::SpanBatchBuilder;
+pub use schema::span_schema;
+
+use crate::genai::SpanFacts;
+
+/// How a span's cost was determined (the `cost_status` column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CostStatus {
+    Priced,
+    Unpriced,
+    Reported,
+    CacheHit,
+    NotLlm,
+}
+
+impl CostStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CostStatus::Priced => "priced",
+            CostStatus::Unpriced => "unpriced",
+            CostStatus::Reported => "reported",
+            CostStatus::CacheHit => "cache_hit",
+            CostStatus::NotLlm => "not_llm",
+        }
+    }
+}
+
+/// One span, decoded, validated and normalised: everything a row holds except
+/// the tenant, which is the row's partition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanRecord {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub trace_state: Option<String>,
+    pub start_unix_nano: i64,
+    pub end_unix_nano: i64,
+    pub service_name: Option<String>,
+    pub span_name: String,
+    pub span_kind: &'static str,
+    pub scope_name: Option<String>,
+    pub scope_version: Option<String>,
+    pub status_message: Option<String>,
+    pub facts: SpanFacts,
+    /// `None` until pricing has run; never 0 for a model we could not price.
+    pub cost_usd: Option<f64>,
+    pub cost_status: CostStatus,
+    /// Every span attribute, values rendered as strings (arrays and maps as JSON).
+    pub attributes: Vec<(String, String)>,
+    /// Shared by all spans of one resource.
+    pub resource_attributes: Arc<[(String, String)]>,
+    /// Span events as a JSON array, `None` when there are none.
+    pub events_json: Option<String>,
+    /// Span links as a JSON array, `None` when there are none.
+    pub links_json: Option<String>,
+}
+
+impl SpanRecord {
+    pub fn duration_ms(&self) -> f64 {
+        (self.end_unix_nano - self.start_unix_nano) as f64 / 1e6
+    }
+
+    /// Rough heap size, used to decide when the buffer is big enough to flush.
+    pub fn approx_bytes(&self) -> usize {
+        let strings = [
+            &self.trace_state,
+            &self.service_name,
+            &self.scope_name,
+            &self.scope_version,
+            &self.status_message,
+            &self.events_json,
+            &self.links_json,
+        ]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, String::len))
+        .sum::<usize>();
+        let attrs: usize = self.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let res: usize = self
+            .resource_attributes
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        256 + strings + self.span_name.len() + attrs + res
+    }
+}
+
+/// Lowercase hex of an id.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    out
+}

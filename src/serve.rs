@@ -1,0 +1,231 @@
+//! The `serve` daemon: binds the listeners, runs receivers, API and flusher, and
+//! shuts down in the order that loses nothing: stop accepting, drain in-flight
+//! requests, flush every acknowledged span to Parquet.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, Readiness};
+use crate::config::Config;
+use crate::ingest::{self, grpc::TraceService, Pipeline};
+use crate::store::{Store, StoreError};
+use crate::wal::NoWal;
+
+/// How often a final flush is retried at shutdown before giving up.
+const FINAL_FLUSH_ATTEMPTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{what} server failed: {message}")]
+    Server { what: &'static str, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Addresses actually bound (port 0 resolved).
+#[derive(Clone, Copy, Debug)]
+pub struct BoundAddrs {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub api: SocketAddr,
+}
+
+/// A running collector; [`RunningServer::shutdown`] stops it cleanly.
+pub struct RunningServer {
+    pub addrs: BoundAddrs,
+    stop: watch::Sender<bool>,
+    store: Arc<Store>,
+    readiness: Readiness,
+    grace: Duration,
+    receivers: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
+    flusher: JoinHandle<()>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+fn stopped(
+    mut rx: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        // An Err means the sender is gone, which also means stop.
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Starts the collector with `config`. Returns once every listener is bound.
+pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let storage = &config.storage;
+    let store = Arc::new(Store::new(
+        &config.data_dir,
+        storage.flush_bytes.as_usize(),
+        storage.row_group_rows,
+        storage.zstd_level,
+    ));
+    let limits = ingest::Limits {
+        max_attribute_value_bytes: config.ingest.max_attribute_value_bytes.as_usize(),
+        max_future_skew: config.ingest.max_future_skew.0,
+    };
+    let pipeline = Arc::new(Pipeline::new(limits, Arc::new(NoWal), store.clone()));
+
+    let grpc_listener = bind("grpc", config.server.grpc_addr).await?;
+    let http_listener = bind("http", config.server.http_addr).await?;
+    let api_listener = bind("api", config.server.api_addr).await?;
+    let local = |l: &TcpListener, what, addr| {
+        l.local_addr()
+            .map_err(|source| ServeError::Bind { what, addr, source })
+    };
+    let addrs = BoundAddrs {
+        grpc: local(&grpc_listener, "grpc", config.server.grpc_addr)?,
+        http: local(&http_listener, "http", config.server.http_addr)?,
+        api: local(&api_listener, "api", config.server.api_addr)?,
+    };
+
+    let (stop, stop_rx) = watch::channel(false);
+    let readiness = Readiness::default();
+    let max_decompressed = config.ingest.max_decompressed_bytes.as_usize();
+
+    let grpc = {
+        let service = TraceService::new(pipeline.clone(), max_decompressed);
+        let signal = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc_listener),
+                    signal,
+                )
+                .await
+                .map_err(|e| e.to_string())
+        })
+    };
+    let http = {
+        let router = ingest::http::router(
+            pipeline.clone(),
+            config.ingest.max_request_bytes.as_usize(),
+            max_decompressed,
+        );
+        let signal = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            axum::serve(http_listener, router)
+                .with_graceful_shutdown(signal)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    };
+    let api = {
+        let router = api::router(readiness.clone());
+        let signal = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            axum::serve(api_listener, router)
+                .with_graceful_shutdown(signal)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    };
+    let flusher = {
+        let store = store.clone();
+        let interval = storage.flush_interval.0;
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = store.buffer().wait_full() => {}
+                    _ = stop_rx.wait_for(|stop| *stop) => break,
+                }
+                if let Err(error) = store.flush().await {
+                    tracing::error!(%error, "flush failed");
+                }
+            }
+        })
+    };
+
+    readiness.set(true);
+    tracing::info!(
+        "listening grpc={} http={} api={} data_dir={}",
+        addrs.grpc,
+        addrs.http,
+        addrs.api,
+        config.data_dir.display()
+    );
+    Ok(RunningServer {
+        addrs,
+        stop,
+        store,
+        readiness,
+        grace: config.server.shutdown_grace.0,
+        receivers: vec![("grpc", grpc), ("http", http), ("api", api)],
+        flusher,
+    })
+}
+
+impl RunningServer {
+    /// Stops accepting, drains in-flight requests (up to the grace period),
+    /// then flushes every acknowledged span. Errors if spans could not be written.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        tracing::info!("shutting down: draining in-flight requests");
+        self.readiness.set(false);
+        let _ = self.stop.send(true);
+        let mut first_error = None;
+        for (what, handle) in self.receivers {
+            let abort = handle.abort_handle();
+            match tokio::time::timeout(self.grace, handle).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(message))) => {
+                    tracing::error!(server = what, %message, "server failed");
+                    first_error.get_or_insert(ServeError::Server { what, message });
+                }
+                Ok(Err(join)) => {
+                    first_error.get_or_insert(ServeError::Server {
+                        what,
+                        message: join.to_string(),
+                    });
+                }
+                Err(_) => {
+                    tracing::warn!(server = what, grace = ?self.grace, "requests still in flight after the grace period; closing them unacknowledged");
+                    abort.abort();
+                }
+            }
+        }
+        let _ = self.flusher.await;
+        for attempt in 1..=FINAL_FLUSH_ATTEMPTS {
+            let stats = self.store.flush().await?;
+            if stats.failed_rows == 0 {
+                break;
+            }
+            if attempt == FINAL_FLUSH_ATTEMPTS {
+                return Err(StoreError::Unflushed(stats.failed_rows).into());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tracing::info!("shutdown complete");
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Writes span batches of one partition to one Parquet file, atomically: a
+//! hidden temp name, fsync, rename, fsync of the directory. A reader globbing
+//! `*.parquet` sees a file whole or not at all.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use super::partition::PartitionKey;
+use super::StoreError;
+use crate::record::span_schema;
+
+/// Bloom filter false-positive rate for trace_id lookups.
+const TRACE_ID_BLOOM_FPP: f64 = 0.01;
+
+pub struct ParquetWriter {
+    data_dir: PathBuf,
+    row_group_rows: usize,
+    zstd_level: i32,
+    /// Distinguishes this process's files from other collectors' in one store.
+    instance: u64,
+    seq: AtomicU64,
+}
+
+impl ParquetWriter {
+    pub fn new(data_dir: &Path, row_group_rows: usize, zstd_level: i32) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let instance = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Self {
+            data_dir: data_dir.to_owned(),
+            row_group_rows,
+            zstd_level,
+            instance,
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    fn properties(&self, rows: usize) -> Result<WriterProperties, StoreError> {
+        let trace_id = ColumnPath::from("trace_id");
+        Ok(WriterProperties::builder()
+            .set_created_by(format!("llmtrace {}", env!("CARGO_PKG_VERSION")))
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(self.zstd_level)?))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_max_row_group_row_count(Some(self.row_group_rows))
+            .set_column_bloom_filter_enabled(trace_id.clone(), true)
+            .set_column_bloom_filter_fpp(trace_id.clone(), TRACE_ID_BLOOM_FPP)
+            .set_column_bloom_filter_max_ndv(trace_id, rows.min(self.row_group_rows) as u64)
+            .build())
+    }
+
+    /// Writes `batches` as one file in the partition's directory; returns its path.
+    pub fn write(
+        &self,
+        key: &PartitionKey,
+        batches: &[RecordBatch],
+    ) -> Result<PathBuf, StoreError> {
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let dir = key.dir(&self.data_dir);
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let name = format!("part-{millis}-{:016x}-{seq:06}.parquet", self.instance);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let path = dir.join(&name);
+
+        let result = (|| {
+            let file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+            let sync_handle = file.try_clone().map_err(|e| StoreError::io(&tmp, e))?;
+            let mut writer =
+                ArrowWriter::try_new(file, span_schema(), Some(self.properties(rows)?))?;
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.close()?;
+            sync_handle
+                .sync_all()
+                .map_err(|e| StoreError::io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::io(&dir, e))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map(|()| path)
+    }
+}

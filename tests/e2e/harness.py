@@ -1,0 +1,218 @@
+"""Helpers shared by the e2e tests: run ``llmtrace serve``, run the app, read Parquet."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+E2E_DIR = Path(__file__).resolve().parent
+REPO_ROOT = E2E_DIR.parents[1]
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# e.g. "... INFO llmtrace: listening grpc=127.0.0.1:4317 http=127.0.0.1:4318 api=127.0.0.1:8080"
+# Tolerates quotes around values and other fields on the line.
+_LISTENING = re.compile(
+    r"listening\b.*?"
+    r"\bgrpc=\"?(?P<grpc_host>[0-9.]+):(?P<grpc>\d+)\"?.*?"
+    r"\bhttp=\"?(?P<http_host>[0-9.]+):(?P<http>\d+)\"?.*?"
+    r"\bapi=\"?(?P<api_host>[0-9.]+):(?P<api>\d+)"
+)
+
+
+def llmtrace_bin() -> Path:
+    return Path(os.environ.get("LLMTRACE_BIN") or REPO_ROOT / "target" / "debug" / "llmtrace")
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def parse_listening(log: str) -> dict[str, int] | None:
+    for line in strip_ansi(log).splitlines():
+        m = _LISTENING.search(line)
+        if m:
+            return {"grpc": int(m["grpc"]), "http": int(m["http"]), "api": int(m["api"])}
+    return None
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The inherited environment without OTEL_* settings and with proxies off for loopback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        env.pop(k, None)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Llmtrace:
+    """A running ``llmtrace serve``; its stdout and stderr both go to ``log_path``."""
+
+    proc: subprocess.Popen
+    data_dir: Path
+    log_path: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    exit_code: int | None = None
+
+    def log(self) -> str:
+        try:
+            return strip_ansi(self.log_path.read_text(errors="replace"))
+        except FileNotFoundError:
+            return "<no log>"
+
+    def log_tail(self, n: int = 80) -> str:
+        return "\n".join(self.log().splitlines()[-n:])
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['grpc']}"
+
+    @property
+    def http_traces_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}/v1/traces"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['api']}"
+
+    def terminate(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM and wait; returns the exit code, or None if it had to be killed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.exit_code = self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                self.exit_code = None
+                with self.log_path.open("a") as f:
+                    f.write(f"\n[e2e] llmtrace did not exit within {timeout}s of SIGTERM; killed\n")
+        else:
+            self.exit_code = self.proc.returncode
+        return self.exit_code
+
+
+def start_llmtrace(data_dir: Path, log_path: Path, startup_timeout: float = 60.0) -> Llmtrace:
+    binary = llmtrace_bin()
+    if not binary.is_file():
+        raise RuntimeError(
+            f"llmtrace binary not found at {binary}; build it with `cargo build` "
+            "or point LLMTRACE_BIN at it"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        str(binary), "serve",
+        "--data-dir", str(data_dir),
+        "--grpc-addr", "127.0.0.1:0",
+        "--http-addr", "127.0.0.1:0",
+        "--api-addr", "127.0.0.1:0",
+    ]
+    env = clean_env(NO_COLOR="1")
+    env.setdefault("RUST_LOG", "info")
+    logf = log_path.open("wb")
+    with log_path.open("a") as f:
+        f.write(f"[e2e] $ {' '.join(cmd)}\n")
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    logf.close()
+    lt = Llmtrace(proc=proc, data_dir=data_dir, log_path=log_path)
+
+    deadline = time.monotonic() + startup_timeout
+    while time.monotonic() < deadline:
+        ports = parse_listening(lt.log())
+        if ports:
+            lt.ports = ports
+            break
+        if proc.poll() is not None:
+            raise RuntimeError(f"llmtrace exited with {proc.returncode} before listening:\n{lt.log_tail()}")
+        time.sleep(0.1)
+    else:
+        lt.terminate(timeout=10)
+        raise RuntimeError(f"no 'listening grpc=… http=… api=…' line within {startup_timeout}s:\n{lt.log_tail()}")
+
+    # /healthz must answer 200 once it says it is listening (allow a short grace period).
+    last_err: Exception | None = None
+    for _ in range(50):
+        try:
+            with urllib.request.urlopen(f"{lt.api_url}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return lt
+                last_err = RuntimeError(f"/healthz answered {r.status}")
+        except Exception as e:  # noqa: BLE001
+            last_err = e
+        time.sleep(0.1)
+    lt.terminate(timeout=10)
+    raise RuntimeError(f"GET /healthz on {lt.api_url} did not answer 200: {last_err}\n{lt.log_tail()}")
+
+
+def run_app(script: Path, args: list[str], timeout: float = 120.0) -> dict[str, Any]:
+    """Runs an app script; returns its JSON output (plus returncode and stderr)."""
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True, text=True, timeout=timeout, env=clean_env(), stdin=subprocess.DEVNULL,
+    )
+    try:
+        out = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        out = {"unparsed_stdout": proc.stdout}
+    out["returncode"] = proc.returncode
+    out["stderr"] = proc.stderr
+    return out
+
+
+def parquet_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "spans").rglob("*.parquet"))
+
+
+def read_spans(data_dir: Path) -> list[dict[str, Any]]:
+    """All span rows, read by DuckDB with Hive partitioning.
+
+    ``tenant``, ``date`` and ``hour`` come from the directory names (with
+    ``hive_partitioning=true`` DuckDB lets the path value win over a column of
+    the same name in the file); the file's own ``tenant`` column is returned as
+    ``file_tenant``. For every timestamp column ``c`` an extra ``c__ns`` holds
+    ``epoch_ns(c)`` (DuckDB may keep only microseconds of a UTC ns timestamp).
+    """
+    import duckdb
+
+    glob = str(data_dir / "spans" / "**" / "*.parquet").replace("'", "''")
+    con = duckdb.connect()
+    try:
+        src = (
+            f"read_parquet('{glob}', hive_partitioning=true, union_by_name=true, "
+            f"hive_types_autocast=false, filename=true)"
+        )
+        cols = con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()
+        extra = [f"epoch_ns({name}) AS {name}__ns" for name, typ, *_ in cols if typ.upper().startswith("TIMESTAMP")]
+        sel = ", ".join(["*", *extra])
+        cur = con.execute(f"SELECT {sel} FROM {src}")
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+
+        # The file's own columns, without Hive partitioning, keyed by (filename, span_id).
+        src_file = f"read_parquet('{glob}', hive_partitioning=false, union_by_name=true, filename=true)"
+        file_cols = {c[0] for c in con.execute(f"DESCRIBE SELECT * FROM {src_file}").fetchall()}
+        if "tenant" in file_cols and "span_id" in file_cols:
+            ft = {
+                (f, s): t
+                for f, s, t in con.execute(f"SELECT filename, span_id, tenant FROM {src_file}").fetchall()
+            }
+            for r in rows:
+                r["file_tenant"] = ft.get((r.get("filename"), r.get("span_id")))
+        return rows
+    finally:
+        con.close()
+
+
+def otlp_status_to_column(code: str) -> str:
+    """Maps the OTel SDK StatusCode name the app sent to the contract's ``status`` value."""
+    return {"OK": "ok", "ERROR": "error", "UNSET": "unset"}[code]
