@@ -63,13 +63,9 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
         .map_err(|source| ServeError::Bind { what, addr, source })
 }
 
-fn stopped(
-    mut rx: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        // An Err means the sender is gone, which also means stop.
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
+/// Resolves once shutdown is requested (or the requester is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Starts the collector with `config`. Returns once every listener is bound.

@@ -102,7 +102,7 @@ impl UnaryService<ExportTraceServiceRequest> for Export {
                     tracing::error!(error = %e, "could not accept spans");
                     Status::internal(e.to_string())
                 })?;
-            let partial_success = (outcome.rejected > 0).then(|| ExportTracePartialSuccess {
+            let partial_success = (outcome.rejected > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: outcome.rejected as i64,
                 error_message: outcome.message,
             });

@@ -244,14 +244,15 @@ def test_llm_call_row(run: Run, call: str):
 
 
 def test_streamed_call_is_streaming(run: Run):
+    """Streaming is stored as the span says: true when marked, and unknown (NULL),
+    never false, when the instrumentation sends no marker (openai-v2 2.4b0 sends none)."""
     sent = run.sent_llm_span(STREAM_MODEL)
     row = run.llm_row(STREAM_MODEL)
-    if sent["attributes"].get("gen_ai.request.stream") is not True:
-        pytest.xfail(
-            "opentelemetry-instrumentation-openai-v2 2.4b0 sends no streaming marker on the span "
-            f"(attributes sent: {sorted(sent['attributes'])}); llmtrace stored streaming={row['streaming']!r}"
-        )
-    assert row["streaming"] is True
+    if sent["attributes"].get("gen_ai.request.stream") is True:
+        assert row["streaming"] is True
+    else:
+        assert row["streaming"] is None, row["streaming"]
+        assert row["ttft_ms"] is None
 
 
 def test_attributes_and_resource_kept(run: Run):

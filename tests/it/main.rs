@@ -1,1 +1,7 @@
-fn main() {}
+//! Integration tests: one binary, one module per behaviour.
+
+mod bad_input;
+mod otlp_json;
+mod sdk_exporters;
+mod server;
+mod support;
