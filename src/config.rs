@@ -447,3 +447,29 @@ mod tests {
         assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/llmtrace.example.toml");
+
+    #[test]
+    fn example_config_is_the_defaults() {
+        let loaded = Config::load(Some(Path::new(EXAMPLE)), Vec::new()).unwrap();
+        assert_eq!(loaded, Config::default());
+    }
+
+    #[test]
+    fn example_config_documents_every_key() {
+        let text = std::fs::read_to_string(EXAMPLE).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        for path in leaf_paths() {
+            let mut node = table.get(&path[0]);
+            for key in &path[1..] {
+                node = node.and_then(|n| n.get(key));
+            }
+            assert!(node.is_some(), "{} missing from the example", path.join("."));
+        }
+    }
+}

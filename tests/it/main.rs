@@ -4,4 +4,5 @@ mod bad_input;
 mod otlp_json;
 mod sdk_exporters;
 mod server;
+mod shutdown;
 mod support;

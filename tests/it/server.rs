@@ -105,3 +105,42 @@ async fn spans_are_partitioned_by_start_hour() {
     parts.sort();
     assert_eq!(parts, ["default/2024-03-05/07", "default/2024-03-05/09"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_zstd_with_statistics_page_index_and_trace_id_bloom_filter() {
+    use parquet::basic::Compression;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    post(&client, &server, json_span(1, now_nanos() - 1_000_000)).await;
+    let (_rows, dir) = server.stop().await;
+    let files = parquet_files(&dir.path().join("data"));
+    assert_eq!(files.len(), 1);
+
+    let file = std::fs::File::open(&files[0]).unwrap();
+    let reader = SerializedFileReader::new(file).unwrap();
+    let meta = reader.metadata();
+    let rg = meta.row_group(0);
+    let schema = rg.schema_descr();
+    let trace_idx = (0..schema.num_columns())
+        .find(|&i| schema.column(i).name() == "trace_id")
+        .unwrap();
+    for col in rg.columns() {
+        assert!(
+            matches!(col.compression(), Compression::ZSTD(_)),
+            "{} is {:?}",
+            col.column_path(),
+            col.compression()
+        );
+    }
+    let trace = rg.column(trace_idx);
+    assert!(trace.statistics().is_some(), "row-group statistics");
+    assert!(trace.bloom_filter_offset().is_some(), "bloom filter on trace_id");
+    assert!(trace.column_index_offset().is_some(), "page index (column index)");
+    assert!(trace.offset_index_offset().is_some(), "page index (offset index)");
+    let span_name_idx = (0..schema.num_columns())
+        .find(|&i| schema.column(i).name() == "span_name")
+        .unwrap();
+    assert!(rg.column(span_name_idx).bloom_filter_offset().is_none(), "bloom filter only where it pays");
+}
