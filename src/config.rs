@@ -469,7 +469,11 @@ mod example_file {
             for key in &path[1..] {
                 node = node.and_then(|n| n.get(key));
             }
-            assert!(node.is_some(), "{} missing from the example", path.join("."));
+            assert!(
+                node.is_some(),
+                "{} missing from the example",
+                path.join(".")
+            );
         }
     }
 }

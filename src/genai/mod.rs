@@ -48,18 +48,25 @@ impl Tokens {
     /// Applies the inclusive/exclusive rules of genai-attributes.md 5.4 to the
     /// raw values a span reported.
     fn normalise(raw: Tokens) -> Tokens {
-        let cached = raw.cache_read.unwrap_or(0) + raw.cache_write.unwrap_or(0);
+        // Saturating throughout: counts are producer input and may be absurd.
+        let cached = raw.cached().unwrap_or(0);
         // Inclusive unless the cache tokens alone exceed it, which an inclusive
         // count cannot do: then the producer reported uncached input only.
-        let input = raw.input.map(|i| if cached > i { i + cached } else { i });
+        let input = raw.input.map(|i| {
+            if cached > i {
+                i.saturating_add(cached)
+            } else {
+                i
+            }
+        });
         // Reasoning is part of output, unless it is larger (Gemini-style counts
         // that exclude thoughts).
         let output = raw.output.map(|o| match raw.reasoning {
-            Some(r) if r > o => o + r,
+            Some(r) if r > o => o.saturating_add(r),
             _ => o,
         });
         let total = match (input, output) {
-            (Some(i), Some(o)) => Some(i + o),
+            (Some(i), Some(o)) => Some(i.saturating_add(o)),
             (Some(i), None) if raw.total.is_none() => Some(i),
             _ => raw.total,
         };
@@ -81,7 +88,15 @@ impl Tokens {
     /// Input tokens billed at the plain input price.
     pub fn input_uncached(&self) -> Option<u64> {
         self.input
-            .map(|i| i.saturating_sub(self.cache_read.unwrap_or(0) + self.cache_write.unwrap_or(0)))
+            .map(|i| i.saturating_sub(self.cached().unwrap_or(0)))
+    }
+
+    /// Cache reads plus cache writes, when either is known.
+    fn cached(&self) -> Option<u64> {
+        match (self.cache_read, self.cache_write) {
+            (None, None) => None,
+            (r, w) => Some(r.unwrap_or(0).saturating_add(w.unwrap_or(0))),
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -439,6 +454,23 @@ mod tests {
         assert_eq!(t.input, Some(1210));
         assert_eq!(t.input_uncached(), Some(10));
         assert_eq!(t.cache_write, Some(200));
+    }
+
+    #[test]
+    fn absurd_token_counts_saturate_instead_of_overflowing() {
+        let max = u64::MAX.to_string();
+        let sp = span(vec![
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.usage.input_tokens", "5"),
+            s("gen_ai.usage.cache_read.input_tokens", &max),
+            s("gen_ai.usage.cache_write.input_tokens", &max),
+            s("gen_ai.usage.output_tokens", &max),
+            s("gen_ai.usage.reasoning.output_tokens", &max),
+        ]);
+        let t = extract(&sp, &[]).llm.unwrap().tokens;
+        assert_eq!(t.input, Some(u64::MAX));
+        assert_eq!(t.total, Some(u64::MAX));
+        assert_eq!(t.input_uncached(), Some(0));
     }
 
     #[test]

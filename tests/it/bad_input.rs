@@ -466,3 +466,92 @@ async fn grpc_bad_input_gets_the_otlp_status_codes() {
     names.sort();
     assert_eq!(names, ["fine", "fine-too"]);
 }
+
+/// Thousands of randomly corrupted requests through decode and normalise:
+/// each is either refused with an error or stored, never a panic.
+#[test]
+fn corrupted_requests_never_panic() {
+    use llmtrace::ingest::normalise::{normalise, Limits};
+
+    let mut s = span("chat gpt-4o", 1);
+    s.attributes = vec![
+        attr(
+            "gen_ai.operation.name",
+            any_value::Value::StringValue("chat".into()),
+        ),
+        attr(
+            "gen_ai.request.model",
+            any_value::Value::StringValue("gpt-4o".into()),
+        ),
+        attr("gen_ai.usage.input_tokens", any_value::Value::IntValue(100)),
+        attr(
+            "gen_ai.usage.cache_read.input_tokens",
+            any_value::Value::StringValue("90".into()),
+        ),
+        attr(
+            "gen_ai.response.time_to_first_chunk",
+            any_value::Value::DoubleValue(0.2),
+        ),
+        KeyValue {
+            key: "nested".into(),
+            value: Some(nested(5)),
+            ..Default::default()
+        },
+    ];
+    let valid = request(vec![s.clone(), s]).encode_to_vec();
+    let json = String::from_utf8(llmtrace_json(&valid)).unwrap();
+    let limits = Limits {
+        max_attribute_value_bytes: 1024,
+        max_future_skew: std::time::Duration::from_secs(3600),
+    };
+    // A fixed-seed xorshift: the same corruptions on every run.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut decoded, mut refused) = (0, 0);
+    for _ in 0..5000 {
+        let mut bytes = valid.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % bytes.len() as u64) as usize;
+            bytes[at] = next() as u8;
+        }
+        match ExportTraceServiceRequest::decode(bytes.as_slice()) {
+            Ok(req) => {
+                decoded += 1;
+                let _ = normalise(&req, &limits, std::time::SystemTime::now());
+            }
+            Err(_) => refused += 1,
+        }
+        let mut text = json.clone().into_bytes();
+        let at = (next() % text.len() as u64) as usize;
+        text[at] = b"{}[]\",:0-9aeE.\\ "[(next() % 16) as usize];
+        if let Ok(req) = llmtrace::ingest::otlp_json::decode(&text) {
+            let _ = normalise(&req, &limits, std::time::SystemTime::now());
+        }
+    }
+    assert!(
+        decoded > 0 && refused > 0,
+        "both outcomes exercised: {decoded} decoded, {refused} refused"
+    );
+}
+
+/// The OTLP/JSON form of a protobuf request, hand-rolled from the decoded
+/// message so the test does not depend on another JSON encoder.
+fn llmtrace_json(proto: &[u8]) -> Vec<u8> {
+    let req = ExportTraceServiceRequest::decode(proto).unwrap();
+    let span = &req.resource_spans[0].scope_spans[0].spans[0];
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!(
+        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"{}","spanId":"{}","name":"{}","startTimeUnixNano":"{}","endTimeUnixNano":"{}","attributes":[{{"key":"gen_ai.usage.input_tokens","value":{{"intValue":"100"}}}},{{"key":"gen_ai.request.model","value":{{"stringValue":"gpt-4o"}}}}]}}]}}]}}]}}"#,
+        hex(&span.trace_id),
+        hex(&span.span_id),
+        span.name,
+        span.start_time_unix_nano,
+        span.end_time_unix_nano
+    )
+    .into_bytes()
+}

@@ -1,5 +1,5 @@
 //! A raw OTLP/JSON request over HTTP, as curl or a browser SDK would send it,
-//! on every accepted path.
+//! on every accepted path, plain and gzip-compressed.
 
 use crate::support::{now_nanos, TestServer};
 
@@ -46,14 +46,21 @@ async fn raw_json_on_every_path_is_stored() {
         "4bf92f3577b34da6a3ce929d0e0e4737",
         "4BF92F3577B34DA6A3CE929D0E0E4738",
     ];
-    for (path, trace_id) in paths.iter().zip(trace_ids) {
-        let resp = client
+    for (n, (path, trace_id)) in paths.iter().zip(trace_ids).enumerate() {
+        let mut req = client
             .post(server.http_url(path))
-            .header("content-type", "application/json")
-            .body(body(trace_id, start))
-            .send()
-            .await
-            .unwrap();
+            .header("content-type", "application/json; charset=utf-8");
+        // The last one gzip-compressed, as the OTel SDKs send it.
+        req = if n == 2 {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(body(trace_id, start).as_bytes()).unwrap();
+            req.header("content-encoding", "gzip")
+                .body(gz.finish().unwrap())
+        } else {
+            req.body(body(trace_id, start))
+        };
+        let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 200, "{path}");
         assert_eq!(resp.headers()["content-type"], "application/json");
         assert_eq!(

@@ -136,11 +136,23 @@ async fn files_are_zstd_with_statistics_page_index_and_trace_id_bloom_filter() {
     }
     let trace = rg.column(trace_idx);
     assert!(trace.statistics().is_some(), "row-group statistics");
-    assert!(trace.bloom_filter_offset().is_some(), "bloom filter on trace_id");
-    assert!(trace.column_index_offset().is_some(), "page index (column index)");
-    assert!(trace.offset_index_offset().is_some(), "page index (offset index)");
+    assert!(
+        trace.bloom_filter_offset().is_some(),
+        "bloom filter on trace_id"
+    );
+    assert!(
+        trace.column_index_offset().is_some(),
+        "page index (column index)"
+    );
+    assert!(
+        trace.offset_index_offset().is_some(),
+        "page index (offset index)"
+    );
     let span_name_idx = (0..schema.num_columns())
         .find(|&i| schema.column(i).name() == "span_name")
         .unwrap();
-    assert!(rg.column(span_name_idx).bloom_filter_offset().is_none(), "bloom filter only where it pays");
+    assert!(
+        rg.column(span_name_idx).bloom_filter_offset().is_none(),
+        "bloom filter only where it pays"
+    );
 }

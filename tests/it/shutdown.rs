@@ -34,7 +34,14 @@ async fn sigterm_mid_stream_loses_nothing_acknowledged() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_llmtrace"))
         .args(["serve", "--data-dir"])
         .arg(&data)
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
+        ])
         .env("LLMTRACE_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -51,7 +58,9 @@ async fn sigterm_mid_stream_loses_nothing_acknowledged() {
             log_writer.lock().unwrap().push(line);
         }
     });
-    let http = rx.recv_timeout(Duration::from_secs(30)).expect("listening line logged");
+    let http = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("listening line logged");
     let url = format!("http://{http}/v1/traces");
 
     let acked = Arc::new(Mutex::new(HashSet::new()));
@@ -88,19 +97,35 @@ async fn sigterm_mid_stream_loses_nothing_acknowledged() {
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     for s in senders {
         s.await.unwrap();
     }
-    assert!(exit.success(), "exit status {exit:?}; log:\n{}", log.lock().unwrap().join("\n"));
+    assert!(
+        exit.success(),
+        "exit status {exit:?}; log:\n{}",
+        log.lock().unwrap().join("\n")
+    );
 
     let acked = acked.lock().unwrap();
-    assert!(acked.len() >= 1000, "the load ran: {} spans acknowledged", acked.len());
+    assert!(
+        acked.len() >= 1000,
+        "the load ran: {} spans acknowledged",
+        acked.len()
+    );
     let rows = read_rows(&data);
     let mut stored = HashSet::new();
     for r in &rows {
-        assert!(stored.insert(r.s("span_id").unwrap().to_owned()), "span stored twice");
+        assert!(
+            stored.insert(r.s("span_id").unwrap().to_owned()),
+            "span stored twice"
+        );
     }
     let missing: Vec<_> = acked.difference(&stored).take(5).collect();
-    assert!(missing.is_empty(), "acknowledged but not stored: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not stored: {missing:?}"
+    );
 }
