@@ -68,6 +68,20 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// Serves `router` on `listener` until shutdown is requested, then drains.
+fn spawn_axum(
+    listener: TcpListener,
+    router: axum::Router,
+    stop_rx: watch::Receiver<bool>,
+) -> JoinHandle<Result<(), String>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stopped(stop_rx))
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
 /// Starts the collector with `config`. Returns once every listener is bound.
 pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
@@ -118,30 +132,20 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
                 .map_err(|e| e.to_string())
         })
     };
-    let http = {
-        let router = ingest::http::router(
+    let http = spawn_axum(
+        http_listener,
+        ingest::http::router(
             pipeline.clone(),
             config.ingest.max_request_bytes.as_usize(),
             max_decompressed,
-        );
-        let signal = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            axum::serve(http_listener, router)
-                .with_graceful_shutdown(signal)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    };
-    let api = {
-        let router = api::router(readiness.clone());
-        let signal = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            axum::serve(api_listener, router)
-                .with_graceful_shutdown(signal)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    };
+        ),
+        stop_rx.clone(),
+    );
+    let api = spawn_axum(
+        api_listener,
+        api::router(readiness.clone()),
+        stop_rx.clone(),
+    );
     let flusher = {
         let store = store.clone();
         let interval = storage.flush_interval.0;
