@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod genai;
 pub mod ingest;
+pub mod loadgen;
 pub mod record;
 pub mod serve;
 pub mod store;

@@ -23,6 +23,42 @@ struct Cli {
 enum Command {
     /// Run the collector: OTLP gRPC and HTTP receivers, Parquet storage, API.
     Serve(ServeArgs),
+    /// Send realistic, seeded LLM traffic to a collector over OTLP.
+    Loadgen(LoadgenArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadgenArgs {
+    /// Collector endpoint: http://host:4317 for grpc, http://host:4318 for http-*.
+    #[arg(long, default_value = "http://127.0.0.1:4317")]
+    endpoint: String,
+    /// grpc, http-proto or http-json.
+    #[arg(long, default_value = "grpc")]
+    protocol: llmtrace::loadgen::Protocol,
+    /// Spans per second; 0 sends as fast as the server accepts.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// How long to send, e.g. 30s, 5m.
+    #[arg(long, default_value = "10s")]
+    duration: humantime::Duration,
+    /// Stop after this many spans [default: rate x duration].
+    #[arg(long)]
+    spans: Option<u64>,
+    /// Seed of the traffic: the same seed sends the same traces.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Spans per request (whole traces, so a request may hold a few more).
+    #[arg(long, default_value_t = 200)]
+    batch: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Distinct requests encoded up front and replayed with fresh ids and times.
+    #[arg(long, default_value_t = 128)]
+    pool: usize,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -74,6 +110,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
+        Command::Loadgen(args) => match loadgen(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Serve(args) => {
             let config = match args.config() {
                 Ok(c) => c,
@@ -93,12 +136,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+        .context("cannot start the async runtime")
+}
+
+fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
+    let options = llmtrace::loadgen::Options {
+        endpoint: args.endpoint,
+        protocol: args.protocol,
+        rate: args.rate,
+        duration: args.duration.into(),
+        total_spans: args.spans,
+        seed: args.seed,
+        batch: args.batch,
+        connections: args.connections,
+        pool: args.pool,
+        progress: !args.quiet,
+    };
+    let report = runtime()?.block_on(llmtrace::loadgen::run(options))?;
+    print!("{report}");
+    if report.acked_spans == 0 && report.sent_spans > 0 {
+        anyhow::bail!("the collector acknowledged nothing");
+    }
+    Ok(())
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
         let server = llmtrace::serve::start(&config).await?;
         wait_for_signal().await?;
         server.shutdown().await?;
