@@ -8,6 +8,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use llmtrace::config::Config;
 
+/// glibc's allocator spent about a third of ingest CPU in malloc/free
+/// (many small strings per span, freed on other threads); mimalloc is much
+/// cheaper for that pattern. Measured in BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "llmtrace",
@@ -25,6 +31,24 @@ enum Command {
     Serve(ServeArgs),
     /// Send realistic, seeded LLM traffic to a collector over OTLP.
     Loadgen(LoadgenArgs),
+    /// See llmtrace work in a minute: a collector, simulated traffic, a summary.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// How long to send traffic.
+    #[arg(long, default_value = "10s")]
+    duration: humantime::Duration,
+    /// Spans per second.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Seed of the traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where to keep the data [default: a new directory under the system temp dir].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -101,15 +125,27 @@ impl ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo prints its own story; the server's info logs would drown it.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LLMTRACE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
+        Command::Demo(args) => match demo(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Loadgen(args) => match loadgen(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -161,6 +197,25 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     if report.acked_spans == 0 && report.sent_spans > 0 {
         anyhow::bail!("the collector acknowledged nothing");
     }
+    Ok(())
+}
+
+fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(|| {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        std::env::temp_dir().join(format!("llmtrace-demo-{stamp}"))
+    });
+    let options = llmtrace::demo::DemoOptions {
+        data_dir,
+        duration: args.duration.into(),
+        rate: args.rate,
+        seed: args.seed,
+    };
+    let text = runtime()?.block_on(llmtrace::demo::run(options))?;
+    println!("{text}");
     Ok(())
 }
 

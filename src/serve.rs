@@ -16,6 +16,10 @@ use crate::ingest::{self, grpc::TraceService, Pipeline};
 use crate::store::{Store, StoreError};
 use crate::wal::NoWal;
 
+/// HTTP/2 flow-control windows of the gRPC receiver.
+const GRPC_STREAM_WINDOW: u32 = 4 << 20;
+const GRPC_CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// How often a final flush is retried at shutdown before giving up.
 const FINAL_FLUSH_ATTEMPTS: usize = 3;
 
@@ -122,7 +126,11 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         let service = TraceService::new(pipeline.clone(), max_decompressed);
         let signal = stopped(stop_rx.clone());
         tokio::spawn(async move {
+            // Export requests are large (hundreds of KB); the default 64 KiB
+            // HTTP/2 windows would make every request wait for window updates.
             tonic::transport::Server::builder()
+                .initial_stream_window_size(GRPC_STREAM_WINDOW)
+                .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
                 .add_service(service)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(grpc_listener),

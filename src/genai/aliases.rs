@@ -99,17 +99,18 @@ pub(crate) const ALIASES: &[(&str, Fact)] = &[
 ];
 
 /// Key -> (fact, priority); lower priority wins.
-pub(crate) static INDEX: LazyLock<HashMap<&'static str, (Fact, u16)>> = LazyLock::new(|| {
-    let mut next: HashMap<Fact, u16> = HashMap::new();
-    ALIASES
-        .iter()
-        .map(|&(key, fact)| {
-            let p = next.entry(fact).or_insert(0);
-            *p += 1;
-            (key, (fact, *p))
-        })
-        .collect()
-});
+pub(crate) static INDEX: LazyLock<HashMap<&'static str, (Fact, u16), ahash::RandomState>> =
+    LazyLock::new(|| {
+        let mut next: HashMap<Fact, u16> = HashMap::new();
+        ALIASES
+            .iter()
+            .map(|&(key, fact)| {
+                let p = next.entry(fact).or_insert(0);
+                *p += 1;
+                (key, (fact, *p))
+            })
+            .collect()
+    });
 
 /// `gen_ai.operation.name` values that are LLM inference calls, with the
 /// canonical operation each one means.

@@ -161,9 +161,9 @@ async fn receive(
     let encoding = header_str(headers, header::CONTENT_ENCODING).map(str::to_owned);
     let pipeline = state.pipeline.clone();
     let max_decompressed = state.max_decompressed_bytes;
-    // Decoding and normalising a large batch is CPU work: keep it off the
-    // reactor threads.
-    tokio::task::spawn_blocking(move || {
+    // Decoding and normalising is CPU work: a large body goes to the blocking
+    // pool so it cannot stall the reactor.
+    super::run_cpu(raw.len(), move || {
         let bytes = body::decode(encoding.as_deref(), raw, max_decompressed)?;
         let request = match format {
             Format::Protobuf => ExportTraceServiceRequest::decode(bytes)

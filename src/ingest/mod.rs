@@ -18,6 +18,24 @@ pub use normalise::Limits;
 use crate::store::{Store, StoreError};
 use crate::wal::{WalError, WriteAheadLog};
 
+/// Requests up to this size (wire bytes) are decoded and normalised right on
+/// the async worker; larger ones go to the blocking pool so they cannot stall
+/// other connections. Handing every request to another thread cost more than
+/// the work itself for typical SDK batches (BENCHMARKS.md).
+pub const INLINE_BYTES: usize = 512 * 1024;
+
+/// Runs CPU work of a request: inline when small, else on the blocking pool.
+pub async fn run_cpu<T: Send + 'static>(
+    size: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    if size <= INLINE_BYTES {
+        Ok(work())
+    } else {
+        tokio::task::spawn_blocking(work).await
+    }
+}
+
 /// Tenant of requests that carry no credentials.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -59,9 +77,10 @@ impl Pipeline {
     /// Normalises, logs and buffers a request. When this returns Ok the
     /// accepted spans are acknowledged: they will reach Parquet.
     pub fn export(&self, request: ExportTraceServiceRequest) -> Result<ExportOutcome, IngestError> {
-        let normalised = normalise::normalise(&request, &self.limits, SystemTime::now());
+        // Logged as received: replay runs the same validation again.
+        self.wal.append(&self.tenant, &request)?;
+        let normalised = normalise::normalise(request, &self.limits, SystemTime::now());
         if !normalised.records.is_empty() {
-            self.wal.append(&self.tenant, &request)?;
             self.store
                 .buffer()
                 .append(&self.tenant, &normalised.records)?;

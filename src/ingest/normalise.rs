@@ -57,8 +57,10 @@ impl Normalised {
     }
 }
 
+/// Validates and normalises every span of `request`. Takes the request so
+/// strings move into the records instead of being copied.
 pub fn normalise(
-    request: &ExportTraceServiceRequest,
+    request: ExportTraceServiceRequest,
     limits: &Limits,
     now: SystemTime,
 ) -> Normalised {
@@ -71,7 +73,7 @@ pub fn normalise(
         .unwrap_or(u64::MAX)
         .min(i64::MAX as u64);
     let mut out = Normalised::default();
-    for rs in &request.resource_spans {
+    for rs in request.resource_spans {
         let resource: &[KeyValue] = rs.resource.as_ref().map_or(&[], |r| &r.attributes);
         let service_name = resource
             .iter()
@@ -83,15 +85,17 @@ pub fn normalise(
             });
         let resource_attributes: Arc<[(String, String)]> =
             render_attributes(resource, limits).into();
-        for ss in &rs.scope_spans {
-            let scope = ss.scope.as_ref();
-            let scope_name = scope.map(|s| s.name.clone()).filter(|s| !s.is_empty());
-            let scope_version = scope.map(|s| s.version.clone()).filter(|s| !s.is_empty());
-            for span in &ss.spans {
-                match validate(span, latest) {
+        for ss in rs.scope_spans {
+            let scope = ss.scope.unwrap_or_default();
+            let scope_name = (!scope.name.is_empty()).then_some(scope.name);
+            let scope_version = (!scope.version.is_empty()).then_some(scope.version);
+            for span in ss.spans {
+                match validate(&span, latest) {
                     Err(reason) => out.reject(reason),
                     Ok(ids) => {
-                        let facts = genai::extract(span, resource);
+                        let facts = genai::extract(&span, resource);
+                        let events_json = events_json(&span, limits);
+                        let links_json = links_json(&span, limits);
                         // Pricing arrives with the price book; until then an LLM
                         // call is unpriced (null cost), never $0.
                         let cost_status = if facts.llm.is_some() {
@@ -103,25 +107,22 @@ pub fn normalise(
                             trace_id: ids.trace_id,
                             span_id: ids.span_id,
                             parent_span_id: ids.parent_span_id,
-                            trace_state: non_empty(&span.trace_state),
+                            trace_state: non_empty(span.trace_state),
                             start_unix_nano: span.start_time_unix_nano as i64,
                             end_unix_nano: span.end_time_unix_nano as i64,
                             service_name: service_name.clone(),
-                            span_name: span.name.clone(),
+                            span_name: span.name,
                             span_kind: span_kind(span.kind),
                             scope_name: scope_name.clone(),
                             scope_version: scope_version.clone(),
-                            status_message: span
-                                .status
-                                .as_ref()
-                                .and_then(|s| non_empty(&s.message)),
+                            status_message: span.status.and_then(|s| non_empty(s.message)),
                             facts,
                             cost_usd: None,
                             cost_status,
-                            attributes: render_attributes(&span.attributes, limits),
+                            attributes: render_owned(span.attributes, limits),
                             resource_attributes: resource_attributes.clone(),
-                            events_json: events_json(span, limits),
-                            links_json: links_json(span, limits),
+                            events_json,
+                            links_json,
                         })
                     }
                 }
@@ -186,8 +187,8 @@ fn validate(span: &Span, latest: u64) -> Result<Ids, String> {
     })
 }
 
-fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_owned())
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
 }
 
 fn span_kind(kind: i32) -> &'static str {
@@ -199,6 +200,23 @@ fn span_kind(kind: i32) -> &'static str {
         Ok(SpanKind::Consumer) => "consumer",
         _ => "unspecified",
     }
+}
+
+/// Like [`render_attributes`], moving strings out instead of copying them.
+fn render_owned(attrs: Vec<KeyValue>, limits: &Limits) -> Vec<(String, String)> {
+    attrs
+        .into_iter()
+        .map(|kv| {
+            let value = match kv.value {
+                Some(AnyValue {
+                    value: Some(Value::StringValue(s)),
+                }) => truncate(s, limits.max_attribute_value_bytes),
+                Some(v) => render(&v, limits),
+                None => String::new(),
+            };
+            (truncate(kv.key, limits.max_attribute_value_bytes), value)
+        })
+        .collect()
 }
 
 fn render_attributes(attrs: &[KeyValue], limits: &Limits) -> Vec<(String, String)> {
@@ -369,7 +387,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        normalise(&req, &limits(), UNIX_EPOCH + Duration::from_nanos(NOW))
+        normalise(req, &limits(), UNIX_EPOCH + Duration::from_nanos(NOW))
     }
 
     #[test]

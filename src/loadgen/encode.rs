@@ -325,9 +325,10 @@ mod tests {
 
     const T0: u64 = 1_760_000_000_000_000_000;
 
-    fn ids_and_times(
-        req: &ExportTraceServiceRequest,
-    ) -> (HashSet<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>, Vec<u64>) {
+    /// Span ids, (span, parent) links and all timestamps of a request.
+    type Shape = (HashSet<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>, Vec<u64>);
+
+    fn ids_and_times(req: &ExportTraceServiceRequest) -> Shape {
         let spans: Vec<_> = req
             .resource_spans
             .iter()

@@ -232,7 +232,7 @@ pub async fn run(opts: Options) -> Result<Report, LoadgenError> {
     );
     let total = opts
         .total_spans
-        .or((opts.rate > 0).then(|| (opts.rate as f64 * opts.duration.as_secs_f64()) as u64));
+        .or((opts.rate > 0).then_some((opts.rate as f64 * opts.duration.as_secs_f64()) as u64));
     let mut senders = Vec::with_capacity(opts.connections);
     for _ in 0..opts.connections {
         senders.push(match opts.protocol {

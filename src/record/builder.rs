@@ -10,7 +10,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 use super::schema::{span_schema, MAP_ENTRIES, MAP_KEY, MAP_VALUE};
-use super::{hex, SpanRecord};
+use super::{hex_in, SpanRecord};
 
 type StringMapBuilder = MapBuilder<StringBuilder, StringBuilder>;
 
@@ -30,7 +30,6 @@ fn opt_i64(v: Option<u64>) -> Option<i64> {
 /// Column builders for one batch of span rows.
 pub struct SpanBatchBuilder {
     rows: usize,
-    bytes: usize,
     trace_id: StringBuilder,
     span_id: StringBuilder,
     parent_span_id: StringBuilder,
@@ -86,7 +85,6 @@ impl SpanBatchBuilder {
         let ts = || TimestampNanosecondBuilder::new().with_timezone("UTC");
         Self {
             rows: 0,
-            bytes: 0,
             trace_id: StringBuilder::new(),
             span_id: StringBuilder::new(),
             parent_span_id: StringBuilder::new(),
@@ -140,18 +138,15 @@ impl SpanBatchBuilder {
         self.rows == 0
     }
 
-    /// Approximate bytes held, from the records appended.
-    pub fn approx_bytes(&self) -> usize {
-        self.bytes
-    }
-
     pub fn append(&mut self, r: &SpanRecord) {
         self.rows += 1;
-        self.bytes += r.approx_bytes();
-        self.trace_id.append_value(hex(&r.trace_id));
-        self.span_id.append_value(hex(&r.span_id));
-        self.parent_span_id
-            .append_option(r.parent_span_id.map(|p| hex(&p)));
+        let mut buf = [0u8; 32];
+        self.trace_id.append_value(hex_in(&r.trace_id, &mut buf));
+        self.span_id.append_value(hex_in(&r.span_id, &mut buf));
+        match &r.parent_span_id {
+            Some(p) => self.parent_span_id.append_value(hex_in(p, &mut buf)),
+            None => self.parent_span_id.append_null(),
+        }
         self.trace_state.append_option(r.trace_state.as_deref());
         self.start_time.append_value(r.start_unix_nano);
         self.end_time.append_value(r.end_unix_nano);
@@ -212,7 +207,6 @@ impl SpanBatchBuilder {
     /// Finishes the rows appended so far into a batch and resets the builder.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         self.rows = 0;
-        self.bytes = 0;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.trace_id.finish()),
             Arc::new(self.span_id.finish()),

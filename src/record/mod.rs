@@ -92,6 +92,18 @@ impl SpanRecord {
     }
 }
 
+/// Lowercase hex of an id of at most 16 bytes, written into `buf`: no
+/// allocation on the per-span path.
+pub(crate) fn hex_in<'a>(bytes: &[u8], buf: &'a mut [u8; 32]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let n = bytes.len().min(16);
+    for (i, b) in bytes[..n].iter().enumerate() {
+        buf[2 * i] = DIGITS[(b >> 4) as usize];
+        buf[2 * i + 1] = DIGITS[(b & 0xf) as usize];
+    }
+    std::str::from_utf8(&buf[..2 * n]).expect("hex digits are ascii")
+}
+
 /// Lowercase hex of an id.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -8,7 +8,7 @@
 mod parquet;
 mod partition;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -24,6 +24,12 @@ use crate::record::{SpanBatchBuilder, SpanRecord};
 /// Rows per sealed Arrow batch inside the buffer: keeps builders small and
 /// lets a flush hand finished batches straight to the Parquet writer.
 const SEAL_ROWS: usize = 8192;
+
+/// Distinct (service, span name) groups kept apart per partition; spans of
+/// further groups share one. Grouping like spans together is what makes the
+/// files small (similar attribute sets and close timestamps sit side by side),
+/// at the cost of a hash per span instead of a sort per flush.
+const MAX_GROUPS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,15 +55,68 @@ impl StoreError {
     }
 }
 
-#[derive(Default)]
-struct Partition {
+/// Rows of one (service, span name) group.
+struct Group {
+    service: Option<String>,
+    span_name: String,
     builder: SpanBatchBuilder,
     sealed: Vec<RecordBatch>,
 }
 
-impl Partition {
+impl Group {
     fn rows(&self) -> usize {
         self.builder.len() + self.sealed.iter().map(RecordBatch::num_rows).sum::<usize>()
+    }
+
+    fn finish(mut self) -> Result<Vec<RecordBatch>, StoreError> {
+        if !self.builder.is_empty() {
+            self.sealed.push(self.builder.finish()?);
+        }
+        Ok(self.sealed)
+    }
+}
+
+#[derive(Default)]
+struct Partition {
+    groups: Vec<Group>,
+    /// Hash of (service, span name) -> index in `groups`.
+    index: HashMap<u64, usize>,
+    hasher: ahash::RandomState,
+    /// Batches that came back from a failed write.
+    retry: Vec<RecordBatch>,
+}
+
+impl Partition {
+    fn group_of(&mut self, r: &SpanRecord) -> &mut Group {
+        let key = self.hasher.hash_one((&r.service_name, &r.span_name));
+        let next = self.groups.len();
+        // Past MAX_GROUPS every new name lands in the last group.
+        let idx = *self.index.entry(key).or_insert(next.min(MAX_GROUPS));
+        if idx == next {
+            self.groups.push(Group {
+                service: r.service_name.clone(),
+                span_name: r.span_name.clone(),
+                builder: SpanBatchBuilder::new(),
+                sealed: Vec::new(),
+            });
+        }
+        &mut self.groups[idx]
+    }
+
+    fn rows(&self) -> usize {
+        self.groups.iter().map(Group::rows).sum::<usize>()
+            + self.retry.iter().map(RecordBatch::num_rows).sum::<usize>()
+    }
+
+    /// All rows as batches, like spans together: groups in name order.
+    fn finish(self) -> Result<Vec<RecordBatch>, StoreError> {
+        let mut groups = self.groups;
+        groups.sort_by(|a, b| (&a.service, &a.span_name).cmp(&(&b.service, &b.span_name)));
+        let mut out = self.retry;
+        for g in groups {
+            out.extend(g.finish()?);
+        }
+        Ok(out)
     }
 }
 
@@ -90,10 +149,11 @@ impl SpanBuffer {
         for r in records {
             let key = PartitionKey::for_span(tenant, r.start_unix_nano);
             let part = state.partitions.entry(key).or_default();
-            part.builder.append(r);
-            if part.builder.len() >= SEAL_ROWS {
-                let batch = part.builder.finish()?;
-                part.sealed.push(batch);
+            let group = part.group_of(r);
+            group.builder.append(r);
+            if group.builder.len() >= SEAL_ROWS {
+                let batch = group.builder.finish()?;
+                group.sealed.push(batch);
             }
             added += r.approx_bytes();
         }
@@ -123,12 +183,7 @@ impl SpanBuffer {
         drop(state);
         partitions
             .into_iter()
-            .map(|(key, mut part)| {
-                if !part.builder.is_empty() {
-                    part.sealed.push(part.builder.finish()?);
-                }
-                Ok((key, part.sealed))
-            })
+            .map(|(key, part)| Ok((key, part.finish()?)))
             .collect()
     }
 
@@ -143,7 +198,7 @@ impl SpanBuffer {
             .partitions
             .entry(key)
             .or_default()
-            .sealed
+            .retry
             .extend(batches);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
@@ -18,6 +18,21 @@ use crate::record::span_schema;
 
 /// Bloom filter false-positive rate for trace_id lookups.
 const TRACE_ID_BLOOM_FPP: f64 = 0.01;
+
+/// Per-column encodings, chosen by measurement on loadgen traffic (BENCHMARKS.md):
+/// timestamps of neighbouring rows are close, so deltas beat a dictionary; span
+/// and response ids are unique, so a dictionary only costs CPU and then falls
+/// back anyway.
+const COLUMN_ENCODINGS: &[(&str, Encoding)] = &[
+    ("start_time", Encoding::DELTA_BINARY_PACKED),
+    ("end_time", Encoding::DELTA_BINARY_PACKED),
+    ("span_id", Encoding::PLAIN),
+    ("response_id", Encoding::PLAIN),
+];
+
+/// Room for the dictionaries of attribute values and trace ids of a whole
+/// row group, so they do not fall back to plain encoding half way.
+const DICTIONARY_PAGE_BYTES: usize = 4 << 20;
 
 pub struct ParquetWriter {
     data_dir: PathBuf,
@@ -45,15 +60,23 @@ impl ParquetWriter {
 
     fn properties(&self, rows: usize) -> Result<WriterProperties, StoreError> {
         let trace_id = ColumnPath::from("trace_id");
-        Ok(WriterProperties::builder()
+        let builder = WriterProperties::builder()
             .set_created_by(format!("llmtrace {}", env!("CARGO_PKG_VERSION")))
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(self.zstd_level)?))
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_max_row_group_row_count(Some(self.row_group_rows))
+            .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
             .set_column_bloom_filter_enabled(trace_id.clone(), true)
             .set_column_bloom_filter_fpp(trace_id.clone(), TRACE_ID_BLOOM_FPP)
-            .set_column_bloom_filter_max_ndv(trace_id, rows.min(self.row_group_rows) as u64)
-            .build())
+            .set_column_bloom_filter_max_ndv(trace_id, rows.min(self.row_group_rows) as u64);
+        let builder = COLUMN_ENCODINGS
+            .iter()
+            .fold(builder, |b, (column, encoding)| {
+                let path = ColumnPath::from(*column);
+                b.set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_encoding(path, *encoding)
+            });
+        Ok(builder.build())
     }
 
     /// Writes `batches` as one file in the partition's directory; returns its path.

@@ -1,9 +1,10 @@
 //! The write-ahead log seam: what an accepted request passes through between
 //! normalisation and acknowledgement.
 //!
-//! The ingest pipeline calls [`WriteAheadLog::append`] after a request is
-//! validated and before its spans are buffered and acknowledged; once it
-//! returns Ok the spans count as durable. Today's implementation, [`NoWal`],
+//! The ingest pipeline calls [`WriteAheadLog::append`] with each decoded
+//! request before its spans are normalised, buffered and acknowledged; once it
+//! returns Ok the spans count as durable. Replay runs the request through the
+//! same validation, so spans rejected the first time are rejected again. Today's implementation, [`NoWal`],
 //! makes them durable only through the shutdown flush; the segment-file WAL
 //! with group commit and replay plugs in here without touching ingest.
 

@@ -522,7 +522,7 @@ fn corrupted_requests_never_panic() {
         match ExportTraceServiceRequest::decode(bytes.as_slice()) {
             Ok(req) => {
                 decoded += 1;
-                let _ = normalise(&req, &limits, std::time::SystemTime::now());
+                let _ = normalise(req, &limits, std::time::SystemTime::now());
             }
             Err(_) => refused += 1,
         }
@@ -530,7 +530,7 @@ fn corrupted_requests_never_panic() {
         let at = (next() % text.len() as u64) as usize;
         text[at] = b"{}[]\",:0-9aeE.\\ "[(next() % 16) as usize];
         if let Ok(req) = llmtrace::ingest::otlp_json::decode(&text) {
-            let _ = normalise(&req, &limits, std::time::SystemTime::now());
+            let _ = normalise(req, &limits, std::time::SystemTime::now());
         }
     }
     assert!(

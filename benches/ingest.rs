@@ -1,0 +1,126 @@
+//! Hot paths of ingest, each in spans per second, on loadgen's traffic:
+//! OTLP decode (protobuf and JSON), normalisation, Arrow append, Parquet write.
+//!
+//!   cargo bench --bench ingest
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use llmtrace::ingest::normalise::{normalise, Limits};
+use llmtrace::loadgen::encode::to_json;
+use llmtrace::loadgen::workload::Workload;
+use llmtrace::record::SpanBatchBuilder;
+use llmtrace::store::{ParquetWriter, PartitionKey};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+/// Spans per request, as loadgen sends by default.
+const BATCH: usize = 200;
+
+fn limits() -> Limits {
+    Limits {
+        max_attribute_value_bytes: 64 * 1024,
+        max_future_skew: Duration::from_secs(86_400),
+    }
+}
+
+fn request() -> (ExportTraceServiceRequest, usize) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    Workload::new(7, now - 60_000_000_000, 2_000_000).batch(BATCH)
+}
+
+fn decode(c: &mut Criterion) {
+    let (req, spans) = request();
+    let proto = req.encode_to_vec();
+    let json = to_json(&req).into_bytes();
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(spans as u64));
+    g.bench_function("protobuf", |b| {
+        b.iter(|| ExportTraceServiceRequest::decode(black_box(proto.as_slice())).unwrap())
+    });
+    g.bench_function("json", |b| {
+        b.iter(|| llmtrace::ingest::otlp_json::decode(black_box(&json)).unwrap())
+    });
+    g.finish();
+}
+
+fn normalisation(c: &mut Criterion) {
+    let (req, spans) = request();
+    let limits = limits();
+    let now = SystemTime::now();
+    let mut g = c.benchmark_group("normalise");
+    g.throughput(Throughput::Elements(spans as u64));
+    g.bench_function("request", |b| {
+        b.iter_batched(
+            || req.clone(),
+            |req| {
+                let out = normalise(black_box(req), &limits, now);
+                assert_eq!(out.records.len(), spans);
+                out
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn arrow_append(c: &mut Criterion) {
+    let (req, spans) = request();
+    let records = normalise(req, &limits(), SystemTime::now()).records;
+    let mut g = c.benchmark_group("arrow");
+    g.throughput(Throughput::Elements(spans as u64));
+    g.bench_function("append+finish", |b| {
+        b.iter(|| {
+            let mut builder = SpanBatchBuilder::new();
+            for r in &records {
+                builder.append(r);
+            }
+            builder.finish().unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn parquet_write(c: &mut Criterion) {
+    // One flushed file of 64 requests' worth of spans.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut workload = Workload::new(9, now - 60_000_000_000, 200_000);
+    let mut builder = SpanBatchBuilder::new();
+    let mut spans = 0;
+    for _ in 0..64 {
+        let (req, n) = workload.batch(BATCH);
+        for r in &normalise(req, &limits(), SystemTime::now()).records {
+            builder.append(r);
+        }
+        spans += n;
+    }
+    let batch = builder.finish().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let writer = ParquetWriter::new(dir.path(), 128 * 1024, 3);
+    let key = PartitionKey::for_span(&Arc::from("default"), now as i64);
+    let mut g = c.benchmark_group("parquet");
+    g.throughput(Throughput::Elements(spans as u64));
+    g.sample_size(20);
+    g.bench_function("write_file", |b| {
+        b.iter_batched(
+            || batch.clone(),
+            |batch| {
+                let path = writer.write(&key, std::slice::from_ref(&batch)).unwrap();
+                std::fs::remove_file(path).unwrap();
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, normalisation, arrow_append, parquet_write);
+criterion_main!(benches);
