@@ -16,6 +16,10 @@ use llmtrace::store::{ParquetWriter, PartitionKey};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
+/// The allocator of the llmtrace binary, so the figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Spans per request, as loadgen sends by default.
 const BATCH: usize = 200;
 
@@ -104,7 +108,8 @@ fn parquet_write(c: &mut Criterion) {
     }
     let batch = builder.finish().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let writer = ParquetWriter::new(dir.path(), 128 * 1024, 3);
+    let storage = llmtrace::config::StorageConfig::default();
+    let writer = ParquetWriter::new(dir.path(), storage.row_group_rows, storage.zstd_level);
     let key = PartitionKey::for_span(&Arc::from("default"), now as i64);
     let mut g = c.benchmark_group("parquet");
     g.throughput(Throughput::Elements(spans as u64));

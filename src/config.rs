@@ -123,7 +123,7 @@ impl Default for StorageConfig {
             flush_interval: HumanDuration(Duration::from_secs(10)),
             flush_bytes: ByteSize(64 << 20),
             row_group_rows: 128 * 1024,
-            zstd_level: 3,
+            zstd_level: 1,
         }
     }
 }

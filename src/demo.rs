@@ -34,7 +34,7 @@ pub struct DemoOptions {
     pub seed: u64,
 }
 
-/// Per-model figures of the LLM calls in a data dir.
+/// Per-model figures of the LLM calls in a data dir (by requested model).
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct ModelStats {
     pub provider: String,
@@ -80,6 +80,7 @@ fn span_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 const COLUMNS: &[&str] = &[
     "is_llm",
+    "request_model",
     "model",
     "provider",
     "duration_ms",
@@ -93,6 +94,7 @@ const COLUMNS: &[&str] = &[
 fn add_batch(summary: &mut Summary, batch: &RecordBatch) {
     let col = |name: &str| batch.column_by_name(name).expect("projected column");
     let is_llm = col("is_llm").as_boolean();
+    let requested = col("request_model").as_string::<i32>();
     let model = col("model").as_string::<i32>();
     let provider = col("provider").as_string::<i32>();
     let duration = col("duration_ms").as_primitive::<Float64Type>();
@@ -106,7 +108,11 @@ fn add_batch(summary: &mut Summary, batch: &RecordBatch) {
         if !is_llm.value(i) {
             continue;
         }
-        let name = if model.is_valid(i) {
+        // By the model asked for, so failed calls (which have no response
+        // model) count against the model that failed.
+        let name = if requested.is_valid(i) {
+            requested.value(i)
+        } else if model.is_valid(i) {
             model.value(i)
         } else {
             "(unknown)"
@@ -176,6 +182,9 @@ fn thousands(n: u64) -> String {
     out
 }
 
+/// Width of the model column.
+const LABEL: usize = 48;
+
 fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
 }
@@ -187,7 +196,7 @@ pub fn render(summary: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<44} {:>7} {:>7} {:>8} {:>8} {:>9} {:>12} {:>12} {:>12}",
+        "{:<LABEL$} {:>7} {:>7} {:>8} {:>8} {:>9} {:>12} {:>12} {:>12}",
         "model (provider)",
         "calls",
         "errors",
@@ -200,7 +209,7 @@ pub fn render(summary: &Summary) -> String {
     );
     let mut total = ModelStats::default();
     for (model, m) in rows {
-        let label = format!(
+        let mut label = format!(
             "{model} ({})",
             if m.provider.is_empty() {
                 "?"
@@ -208,6 +217,9 @@ pub fn render(summary: &Summary) -> String {
                 &m.provider
             }
         );
+        if label.chars().count() > LABEL {
+            label = label.chars().take(LABEL - 1).collect::<String>() + "…";
+        }
         let cost = if m.unpriced == m.calls {
             "unpriced".to_owned()
         } else if m.unpriced > 0 {
@@ -217,7 +229,7 @@ pub fn render(summary: &Summary) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<44} {:>7} {:>6.1}% {:>8} {:>8} {:>9} {:>12} {:>12} {:>12}",
+            "{:<LABEL$} {:>7} {:>6.1}% {:>8} {:>8} {:>9} {:>12} {:>12} {:>12}",
             label,
             thousands(m.calls),
             100.0 * m.errors as f64 / m.calls.max(1) as f64,
@@ -237,7 +249,7 @@ pub fn render(summary: &Summary) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<44} {:>7} {:>6.1}% {:>8} {:>8} {:>9} {:>12} {:>12} {:>12}",
+        "{:<LABEL$} {:>7} {:>6.1}% {:>8} {:>8} {:>9} {:>12} {:>12} {:>12}",
         "all models",
         thousands(total.calls),
         100.0 * total.errors as f64 / total.calls.max(1) as f64,
@@ -246,7 +258,9 @@ pub fn render(summary: &Summary) -> String {
         "",
         thousands(total.input_tokens),
         thousands(total.output_tokens),
-        if total.unpriced > 0 {
+        if total.unpriced == total.calls {
+            "unpriced".to_owned()
+        } else if total.unpriced > 0 {
             format!("{:.4} +{} unpriced", total.cost_usd, total.unpriced)
         } else {
             format!("{:.4}", total.cost_usd)

@@ -30,6 +30,19 @@ const COLUMN_ENCODINGS: &[(&str, Encoding)] = &[
     ("response_id", Encoding::PLAIN),
 ];
 
+/// Columns nobody filters on by range: min/max statistics of every page of
+/// them cost string comparisons for every value and prune nothing.
+const NO_STATISTICS: &[&str] = &[
+    "attributes.key_value.key",
+    "attributes.key_value.value",
+    "resource_attributes.key_value.key",
+    "resource_attributes.key_value.value",
+    "events",
+    "links",
+    "status_message",
+    "trace_state",
+];
+
 /// Room for the dictionaries of attribute values and trace ids of a whole
 /// row group, so they do not fall back to plain encoding half way.
 const DICTIONARY_PAGE_BYTES: usize = 4 << 20;
@@ -76,6 +89,9 @@ impl ParquetWriter {
                 b.set_column_dictionary_enabled(path.clone(), false)
                     .set_column_encoding(path, *encoding)
             });
+        let builder = NO_STATISTICS.iter().fold(builder, |b, column| {
+            b.set_column_statistics_enabled(ColumnPath::from(*column), EnabledStatistics::None)
+        });
         Ok(builder.build())
     }
 
