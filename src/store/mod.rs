@@ -64,10 +64,6 @@ struct Group {
 }
 
 impl Group {
-    fn rows(&self) -> usize {
-        self.builder.len() + self.sealed.iter().map(RecordBatch::num_rows).sum::<usize>()
-    }
-
     fn finish(mut self) -> Result<Vec<RecordBatch>, StoreError> {
         if !self.builder.is_empty() {
             self.sealed.push(self.builder.finish()?);
@@ -101,11 +97,6 @@ impl Partition {
             });
         }
         &mut self.groups[idx]
-    }
-
-    fn rows(&self) -> usize {
-        self.groups.iter().map(Group::rows).sum::<usize>()
-            + self.retry.iter().map(RecordBatch::num_rows).sum::<usize>()
     }
 
     /// All rows as batches, like spans together: groups in name order.
@@ -167,12 +158,6 @@ impl SpanBuffer {
     /// Resolves when the buffer has grown past the flush size.
     pub async fn wait_full(&self) {
         self.full.notified().await
-    }
-
-    /// Rows currently buffered.
-    pub fn rows(&self) -> usize {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.partitions.values().map(Partition::rows).sum()
     }
 
     /// Takes everything buffered, as finished batches per partition.
@@ -277,5 +262,89 @@ impl Store {
             "flushed spans to parquet"
         );
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::genai::{SpanFacts, SpanStatus};
+    use crate::record::CostStatus;
+    use arrow::array::AsArray;
+
+    fn record(name: &str, n: u8) -> SpanRecord {
+        SpanRecord {
+            trace_id: [n; 16],
+            span_id: [n; 8],
+            parent_span_id: None,
+            trace_state: None,
+            start_unix_nano: 1_700_000_000_000_000_000,
+            end_unix_nano: 1_700_000_000_000_000_001,
+            service_name: Some("svc".into()),
+            span_name: name.into(),
+            span_kind: "internal",
+            scope_name: None,
+            scope_version: None,
+            status_message: None,
+            facts: SpanFacts {
+                status: SpanStatus::Unset,
+                error_type: None,
+                user_id: None,
+                session_id: None,
+                llm: None,
+            },
+            cost_usd: None,
+            cost_status: CostStatus::NotLlm,
+            attributes: Vec::new(),
+            resource_attributes: Arc::from(Vec::new()),
+            events_json: None,
+            links_json: None,
+        }
+    }
+
+    fn names(batches: &[RecordBatch]) -> Vec<String> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let col = b.column_by_name("span_name").unwrap().as_string::<i32>();
+                (0..b.num_rows())
+                    .map(|i| col.value(i).to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn like_spans_are_written_side_by_side() {
+        let buffer = SpanBuffer::new(usize::MAX);
+        let tenant: Arc<str> = Arc::from("default");
+        let interleaved: Vec<SpanRecord> = (0..30)
+            .map(|i| record(["b", "a", "c"][i % 3], i as u8))
+            .collect();
+        buffer.append(&tenant, &interleaved).unwrap();
+        let parts = buffer.take().unwrap();
+        assert_eq!(parts.len(), 1);
+        let got = names(&parts[0].1);
+        let mut want = got.clone();
+        want.sort();
+        assert_eq!(got, want, "grouped by name");
+        assert_eq!(got.len(), 30);
+    }
+
+    #[test]
+    fn names_beyond_the_group_cap_are_kept() {
+        let buffer = SpanBuffer::new(usize::MAX);
+        let tenant: Arc<str> = Arc::from("default");
+        let many: Vec<SpanRecord> = (0..MAX_GROUPS + 50)
+            .map(|i| record(&format!("GET /users/{i}"), i as u8))
+            .collect();
+        buffer.append(&tenant, &many).unwrap();
+        let parts = buffer.take().unwrap();
+        let mut got = names(&parts[0].1);
+        got.sort();
+        let mut want: Vec<String> = many.iter().map(|r| r.span_name.clone()).collect();
+        want.sort();
+        assert_eq!(got, want, "every span kept, none twice");
+        assert!(buffer.take().unwrap().is_empty(), "take empties the buffer");
     }
 }
