@@ -11,6 +11,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use llmtrace::ingest::normalise::{normalise, Limits};
 use llmtrace::loadgen::encode::to_json;
 use llmtrace::loadgen::workload::Workload;
+use llmtrace::pricing::PriceBook;
 use llmtrace::record::SpanBatchBuilder;
 use llmtrace::store::{ParquetWriter, PartitionKey};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -56,6 +57,7 @@ fn decode(c: &mut Criterion) {
 fn normalisation(c: &mut Criterion) {
     let (req, spans) = request();
     let limits = limits();
+    let prices = PriceBook::default_book();
     let now = SystemTime::now();
     let mut g = c.benchmark_group("normalise");
     g.throughput(Throughput::Elements(spans as u64));
@@ -63,7 +65,7 @@ fn normalisation(c: &mut Criterion) {
         b.iter_batched(
             || req.clone(),
             |req| {
-                let out = normalise(black_box(req), &limits, now);
+                let out = normalise(black_box(req), &limits, &prices, now);
                 assert_eq!(out.records.len(), spans);
                 out
             },
@@ -75,7 +77,13 @@ fn normalisation(c: &mut Criterion) {
 
 fn arrow_append(c: &mut Criterion) {
     let (req, spans) = request();
-    let records = normalise(req, &limits(), SystemTime::now()).records;
+    let records = normalise(
+        req,
+        &limits(),
+        &PriceBook::default_book(),
+        SystemTime::now(),
+    )
+    .records;
     let mut g = c.benchmark_group("arrow");
     g.throughput(Throughput::Elements(spans as u64));
     g.bench_function("append+finish", |b| {
@@ -101,7 +109,14 @@ fn parquet_write(c: &mut Criterion) {
     let mut spans = 0;
     for _ in 0..64 {
         let (req, n) = workload.batch(BATCH);
-        for r in &normalise(req, &limits(), SystemTime::now()).records {
+        for r in &normalise(
+            req,
+            &limits(),
+            &PriceBook::default_book(),
+            SystemTime::now(),
+        )
+        .records
+        {
             builder.append(r);
         }
         spans += n;

@@ -43,6 +43,22 @@ pub struct Config {
     pub server: ServerConfig,
     pub ingest: IngestConfig,
     pub storage: StorageConfig,
+    pub pricing: PricingConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingConfig {
+    /// A price file layered over the shipped price book: llmtrace's TOML
+    /// format (docs/price-book.md) or LiteLLM's
+    /// `model_prices_and_context_window.json`. Empty: the shipped book only.
+    pub file: String,
+}
+
+impl PricingConfig {
+    pub fn file(&self) -> Option<&Path> {
+        (!self.file.trim().is_empty()).then(|| Path::new(self.file.trim()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +107,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             ingest: IngestConfig::default(),
             storage: StorageConfig::default(),
+            pricing: PricingConfig::default(),
         }
     }
 }

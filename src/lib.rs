@@ -11,6 +11,7 @@ pub mod demo;
 pub mod genai;
 pub mod ingest;
 pub mod loadgen;
+pub mod pricing;
 pub mod record;
 pub mod serve;
 pub mod store;

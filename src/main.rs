@@ -1,7 +1,7 @@
 //! Command line: parse, load config, dispatch. Nothing else lives here.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -33,6 +33,27 @@ enum Command {
     Loadgen(LoadgenArgs),
     /// See llmtrace work in a minute: a collector, simulated traffic, a summary.
     Demo(DemoArgs),
+    /// The price book.
+    #[command(subcommand)]
+    Prices(PricesCommand),
+}
+
+#[derive(Subcommand)]
+enum PricesCommand {
+    /// Show which price entry a model name matches, and what an example call costs.
+    Lookup {
+        /// Model name as a span reports it (e.g. gpt-4o-2024-08-06, us.anthropic.claude-sonnet-4-5-20250929-v1:0).
+        model: String,
+        /// Provider (semconv name, e.g. aws.bedrock) when the price depends on the host.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Config file whose `pricing.file` is layered over the shipped book.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// text or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -139,6 +160,12 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
+        Command::Prices(PricesCommand::Lookup {
+            model,
+            provider,
+            config,
+            format,
+        }) => prices_lookup(&model, provider.as_deref(), config.as_deref(), &format),
         Command::Demo(args) => match demo(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -198,6 +225,118 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         anyhow::bail!("the collector acknowledged nothing");
     }
     Ok(())
+}
+
+fn prices_lookup(
+    model: &str,
+    provider: Option<&str>,
+    config: Option<&Path>,
+    format: &str,
+) -> ExitCode {
+    let config = match Config::load(config, std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("llmtrace: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let book = match llmtrace::pricing::PriceBook::load(config.pricing.file()) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("llmtrace: config key `pricing.file`: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = llmtrace::pricing::lookup_report(&book, model, provider);
+    match format {
+        "json" => println!("{report:#}"),
+        "text" => print!("{}", render_lookup(&report)),
+        other => {
+            eprintln!("llmtrace: --format {other:?}: use text or json");
+            return ExitCode::from(2);
+        }
+    }
+    if report["matched"].is_null() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn render_lookup(r: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+    let mut out = String::new();
+    let m = &r["matched"];
+    if m.is_null() {
+        let _ = writeln!(
+            out,
+            "{}: no price entry matches (book {}); calls to it are recorded as unpriced, never $0",
+            s(&r["model"]),
+            s(&r["book_version"])
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{} -> {} (matched {:?} by {})",
+        s(&r["model"]),
+        s(&m["id"]),
+        s(&m["matched_name"]),
+        s(&m["step"])
+    );
+    let _ = writeln!(
+        out,
+        "  vendor {}, hosts {}, operation {}",
+        s(&m["vendor"]),
+        m["hosts"],
+        s(&m["operation"])
+    );
+    let _ = writeln!(
+        out,
+        "  checked {} ({}), from {}",
+        s(&m["checked"]),
+        s(&m["source"]),
+        s(&m["origin"])
+    );
+    let _ = writeln!(
+        out,
+        "  USD per 1M tokens (from {}):",
+        s(&m["effective_from"])
+    );
+    for k in [
+        "input",
+        "cache_read",
+        "cache_write",
+        "cache_write_1h",
+        "output",
+        "reasoning",
+    ] {
+        let _ = writeln!(out, "    {k:<15} {}", s(&m["prices"][k]));
+    }
+    if let Some(tiers) = m["tiers"].as_array() {
+        for t in tiers {
+            let _ = writeln!(
+                out,
+                "    above {} input tokens: input {}, output {}",
+                t["input_tokens_gt"],
+                s(&t["prices"]["input"]),
+                s(&t["prices"]["output"])
+            );
+        }
+    }
+    let _ = writeln!(out, "  service tiers: {}", m["service_tiers"]);
+    let e = &r["example"];
+    let _ = writeln!(
+        out,
+        "  example: {} input tokens ({} cached), {} output tokens -> ${}",
+        e["input_tokens"],
+        e["cache_read_tokens"],
+        e["output_tokens"],
+        s(&e["cost_usd"])
+    );
+    let _ = writeln!(out, "  price book version {}", s(&r["book_version"]));
+    out
 }
 
 fn demo(args: DemoArgs) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, Readiness};
 use crate::config::Config;
 use crate::ingest::{self, grpc::TraceService, Pipeline};
+use crate::pricing::PriceBook;
 use crate::store::{Store, StoreError};
 use crate::wal::NoWal;
 
@@ -40,6 +41,8 @@ pub enum ServeError {
     Server { what: &'static str, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("config key `pricing.file`: {0}")]
+    Pricing(#[from] crate::pricing::PricingError),
 }
 
 /// Addresses actually bound (port 0 resolved).
@@ -103,7 +106,18 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         max_attribute_value_bytes: config.ingest.max_attribute_value_bytes.as_usize(),
         max_future_skew: config.ingest.max_future_skew.0,
     };
-    let pipeline = Arc::new(Pipeline::new(limits, Arc::new(NoWal), store.clone()));
+    let prices = Arc::new(PriceBook::load(config.pricing.file())?);
+    tracing::info!(
+        version = %prices.version,
+        models = prices.entries.len(),
+        "price book loaded"
+    );
+    let pipeline = Arc::new(Pipeline::new(
+        limits,
+        prices,
+        Arc::new(NoWal),
+        store.clone(),
+    ));
 
     let grpc_listener = bind("grpc", config.server.grpc_addr).await?;
     let http_listener = bind("http", config.server.http_addr).await?;

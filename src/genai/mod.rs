@@ -6,12 +6,13 @@
 mod aliases;
 mod error_class;
 mod provider;
+mod usage;
 mod value;
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Span};
 
-use aliases::{Fact, FIRST_CHUNK_EVENTS, INDEX, LLM_OPERATIONS, WRAPPER_OPERATIONS};
+use aliases::{Fact, AI_SDK_CALLS, FIRST_CHUNK_EVENTS, INDEX, LLM_OPERATIONS, WRAPPER_OPERATIONS};
 
 /// Outcome of a span, from its status and error attributes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,20 +41,23 @@ pub struct Tokens {
     pub output: Option<u64>,
     pub cache_read: Option<u64>,
     pub cache_write: Option<u64>,
+    /// Of `cache_write`, the part written with a 1-hour lifetime (priced higher).
+    pub cache_write_1h: Option<u64>,
     pub reasoning: Option<u64>,
     pub total: Option<u64>,
 }
 
 impl Tokens {
     /// Applies the inclusive/exclusive rules of genai-attributes.md 5.4 to the
-    /// raw values a span reported.
-    fn normalise(raw: Tokens) -> Tokens {
+    /// raw values a span reported; `exclusive` when the source is known to
+    /// count input without cache tokens.
+    fn normalise(raw: Tokens, exclusive: bool) -> Tokens {
         // Saturating throughout: counts are producer input and may be absurd.
         let cached = raw.cached().unwrap_or(0);
-        // Inclusive unless the cache tokens alone exceed it, which an inclusive
-        // count cannot do: then the producer reported uncached input only.
+        // Inclusive unless known otherwise or the cache tokens alone exceed
+        // it, which an inclusive count cannot do.
         let input = raw.input.map(|i| {
-            if cached > i {
+            if exclusive || cached > i {
                 i.saturating_add(cached)
             } else {
                 i
@@ -80,6 +84,7 @@ impl Tokens {
             output,
             cache_read: raw.cache_read,
             cache_write: raw.cache_write,
+            cache_write_1h: raw.cache_write_1h,
             reasoning: raw.reasoning,
             total,
         }
@@ -123,6 +128,10 @@ pub struct LlmFacts {
     /// Cost the producer computed itself; kept for reconciliation, never used as ours.
     pub reported_cost_usd: Option<f64>,
     pub response_id: Option<String>,
+    /// Pricing modifier (`default`, `batch`, `priority`, `flex`).
+    pub service_tier: Option<String>,
+    /// Served from a response cache (explicit flag only).
+    pub response_cache_hit: Option<bool>,
 }
 
 impl LlmFacts {
@@ -154,13 +163,12 @@ struct Candidates<'a> {
 
 impl<'a> Candidates<'a> {
     fn collect(attributes: &'a [KeyValue]) -> Self {
-        let mut found: Vec<(Fact, u16, &AnyValue)> = attributes
-            .iter()
-            .filter_map(|kv| {
-                let (fact, prio) = INDEX.get(kv.key.as_str())?;
-                Some((*fact, *prio, kv.value.as_ref()?))
-            })
-            .collect();
+        let mut found: Vec<(Fact, u16, &AnyValue)> = Vec::new();
+        for kv in attributes {
+            if let (Some(rows), Some(v)) = (INDEX.get(kv.key.as_str()), kv.value.as_ref()) {
+                found.extend(rows.iter().map(|(fact, prio)| (*fact, *prio, v)));
+            }
+        }
         found.sort_unstable_by_key(|(f, p, _)| (*f, *p));
         Candidates { found }
     }
@@ -180,11 +188,16 @@ impl<'a> Candidates<'a> {
     fn count(&self, fact: Fact) -> Option<u64> {
         self.first(fact, value::as_count)
     }
+
+    fn has(&self, fact: Fact) -> bool {
+        self.found.iter().any(|(f, _, _)| *f == fact)
+    }
 }
 
 /// Reads the facts of one span. `resource` supplies user and session ids when
-/// the span itself has none (some SDKs set them on the resource).
-pub fn extract(span: &Span, resource: &[KeyValue]) -> SpanFacts {
+/// the span itself has none (some SDKs set them on the resource); `scope` is
+/// the instrumentation scope name (some dialect rules depend on it).
+pub fn extract(span: &Span, resource: &[KeyValue], scope: Option<&str>) -> SpanFacts {
     let attrs = Candidates::collect(&span.attributes);
     let res = Candidates::collect(resource);
 
@@ -201,7 +214,7 @@ pub fn extract(span: &Span, resource: &[KeyValue]) -> SpanFacts {
         error_type,
         user_id,
         session_id,
-        llm: llm_facts(span, &attrs),
+        llm: llm_facts(span, &attrs, scope),
     }
 }
 
@@ -251,54 +264,110 @@ fn status_and_error(span: &Span, attrs: &Candidates) -> (SpanStatus, Option<&'st
     (status, Some(class))
 }
 
-fn llm_facts(span: &Span, attrs: &Candidates) -> Option<LlmFacts> {
-    let raw_operation = attrs.string(Fact::Operation);
-    let operation = match raw_operation.as_deref() {
-        Some(op) if WRAPPER_OPERATIONS.contains(&op) => return None,
-        Some(op) => LLM_OPERATIONS
-            .iter()
-            .find(|(alias, _)| *alias == op)
-            .map(|(_, canonical)| (*canonical).to_owned()),
-        None => None,
-    };
-    let request_model = attrs.string(Fact::RequestModel);
-    let response_model = attrs.string(Fact::ResponseModel);
-    let raw_tokens = Tokens {
-        input: attrs.count(Fact::InputTokens),
-        output: attrs.count(Fact::OutputTokens),
-        cache_read: attrs.count(Fact::CacheReadTokens),
-        cache_write: attrs.count(Fact::CacheWriteTokens),
-        reasoning: attrs.count(Fact::ReasoningTokens),
-        total: attrs.count(Fact::TotalTokens),
-    };
-    // An LLM call is a span with a known inference operation, or, for producers
-    // that predate `gen_ai.operation.name`, one that names a model and counts tokens.
-    let has_model = request_model.is_some() || response_model.is_some();
-    let is_llm = operation.is_some() || (has_model && !raw_tokens.is_empty());
-    if !is_llm {
-        return None;
-    }
-    let operation = operation.or_else(|| operation_from_span_name(&span.name));
+/// What kind of span this is, by the first classifier that speaks
+/// (genai-attributes.md, row 1): an LLM call with its operation (if known),
+/// or not an LLM call.
+enum Kind {
+    Llm(Option<String>),
+    NotLlm,
+    Unknown,
+}
 
-    let provider = attrs
-        .first(Fact::Provider, |v| {
-            value::as_str(v).and_then(provider::canonical)
-        })
+fn canonical_operation(op: &str) -> Option<String> {
+    LLM_OPERATIONS
+        .iter()
+        .find(|(alias, _)| alias.eq_ignore_ascii_case(op))
+        .map(|(_, canonical)| (*canonical).to_owned())
+}
+
+fn classify(attrs: &Candidates) -> Kind {
+    let llm = |op: &str| Kind::Llm(Some(op.to_owned()));
+    if let Some(t) = attrs.string(Fact::LangfuseType) {
+        return match t.as_str() {
+            "generation" => llm("chat"),
+            "embedding" => llm("embeddings"),
+            _ => Kind::NotLlm,
+        };
+    }
+    if let Some(k) = attrs.string(Fact::OpenInferenceKind) {
+        return match k.to_ascii_uppercase().as_str() {
+            "LLM" => Kind::Llm(None),
+            "EMBEDDING" => llm("embeddings"),
+            _ => Kind::NotLlm,
+        };
+    }
+    if let Some(op) = attrs.string(Fact::Operation) {
+        if WRAPPER_OPERATIONS.contains(&op.as_str()) {
+            return Kind::NotLlm;
+        }
+        if let Some(canonical) = canonical_operation(&op) {
+            return Kind::Llm(Some(canonical));
+        }
+    }
+    if let Some(id) = attrs.string(Fact::AiOperationId) {
+        // Vercel AI SDK: only the provider calls (`do*`) are LLM calls; the
+        // wrappers around them carry the same usage summed over steps.
+        let op_id = id.split(' ').next().unwrap_or(&id);
+        if let Some((_, op)) = AI_SDK_CALLS.iter().find(|(call, _)| *call == op_id) {
+            return llm(op);
+        }
+        if op_id.starts_with("ai.") {
+            return Kind::NotLlm;
+        }
+    }
+    if let Some(t) = attrs.string(Fact::LlmRequestType) {
+        if let Some(canonical) = canonical_operation(&t) {
+            return Kind::Llm(Some(canonical));
+        }
+    }
+    if let Some(k) = attrs.string(Fact::LangsmithKind) {
+        return match k.as_str() {
+            "llm" => llm("chat"),
+            "embedding" => llm("embeddings"),
+            _ => Kind::NotLlm,
+        };
+    }
+    if attrs.has(Fact::TraceloopKind) {
+        return Kind::NotLlm;
+    }
+    Kind::Unknown
+}
+
+fn llm_facts(span: &Span, attrs: &Candidates, scope: Option<&str>) -> Option<LlmFacts> {
+    let request_model = attrs.string(Fact::RequestModel).or_else(|| {
+        invocation_parameter(span, "model").and_then(|v| v.as_str().map(str::to_owned))
+    });
+    let response_model = attrs.string(Fact::ResponseModel);
+    let provider = provider(attrs, request_model.as_deref(), response_model.as_deref());
+    let usage = usage::read(attrs, &span.attributes, scope, provider.as_deref());
+    let operation = match classify(attrs) {
+        Kind::NotLlm => return None,
+        Kind::Llm(op) => op,
+        // Producers that predate operation names: a model and token counts.
+        Kind::Unknown => {
+            let has_model = request_model.is_some() || response_model.is_some();
+            if !has_model || usage.tokens.is_empty() {
+                return None;
+            }
+            None
+        }
+    };
+    let operation = operation
+        .or_else(|| operation_from_span_name(&span.name))
         .or_else(|| {
-            attrs
-                .first(Fact::ServerAddress, value::as_str)
-                .and_then(provider::from_host)
-                .map(str::to_owned)
-        })
-        .or_else(|| {
-            response_model
-                .as_deref()
-                .or(request_model.as_deref())
-                .and_then(provider::from_model)
-                .map(str::to_owned)
+            // An LLM call nobody named is a chat call unless it only has input.
+            Some("chat".to_owned())
         });
 
-    let streaming = attrs.first(Fact::Streaming, value::as_bool);
+    let streaming = attrs
+        .first(Fact::Streaming, value::as_bool)
+        .or_else(|| invocation_parameter(span, "stream").and_then(|v| v.as_bool()))
+        .or_else(|| {
+            attrs
+                .string(Fact::AiOperationId)
+                .map(|id| id.contains("doStream"))
+                .filter(|s| *s)
+        });
     let duration_ms = span
         .end_time_unix_nano
         .saturating_sub(span.start_time_unix_nano) as f64
@@ -311,21 +380,83 @@ fn llm_facts(span: &Span, attrs: &Candidates) -> Option<LlmFacts> {
         provider,
         request_model,
         response_model,
-        tokens: Tokens::normalise(raw_tokens),
+        tokens: Tokens::normalise(usage.tokens, usage.exclusive_input),
         ttft_ms,
         streaming,
         finish_reason: attrs.first(Fact::FinishReasons, value::first_of_list),
-        prompt_name: attrs.string(Fact::PromptName),
-        prompt_version: attrs.first(Fact::PromptVersion, |v| {
-            value::as_str(v)
-                .map(str::to_owned)
-                .or_else(|| value::as_count(v).map(|n| n.to_string()))
-        }),
-        reported_cost_usd: attrs
-            .first(Fact::ReportedCostUsd, value::as_f64)
+        prompt_name: attrs
+            .string(Fact::PromptName)
+            .or_else(|| langfuse_prompt(span, "name")),
+        prompt_version: attrs
+            .first(Fact::PromptVersion, |v| {
+                value::as_str(v)
+                    .map(str::to_owned)
+                    .or_else(|| value::as_count(v).map(|n| n.to_string()))
+            })
+            .or_else(|| langfuse_prompt(span, "version")),
+        reported_cost_usd: value::json_attr(&span.attributes, "langfuse.observation.cost_details")
+            .and_then(|d| d.get("total").and_then(serde_json::Value::as_f64))
+            .or_else(|| attrs.first(Fact::ReportedCostUsd, value::as_f64))
             .filter(|c| *c >= 0.0),
         response_id: attrs.string(Fact::ResponseId),
+        service_tier: attrs
+            .string(Fact::ServiceTier)
+            .map(|t| t.to_ascii_lowercase())
+            .or_else(|| {
+                value::json_attr(&span.attributes, "langfuse.observation.model.parameters")
+                    .and_then(|d| d.get("service_tier")?.as_str().map(str::to_owned))
+            }),
+        response_cache_hit: attrs.first(Fact::ResponseCacheHit, value::as_bool),
     })
+}
+
+/// A field of OpenInference's `llm.invocation_parameters` JSON.
+fn invocation_parameter(span: &Span, key: &str) -> Option<serde_json::Value> {
+    value::json_attr(&span.attributes, "llm.invocation_parameters")?
+        .get(key)
+        .cloned()
+}
+
+/// A field of the Vercel AI SDK's Langfuse prompt link
+/// (`ai.telemetry.metadata.langfusePrompt`).
+fn langfuse_prompt(span: &Span, key: &str) -> Option<String> {
+    let doc = value::json_attr(&span.attributes, "ai.telemetry.metadata.langfusePrompt")?;
+    match doc.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The provider: provider attributes (framework names fall through), then
+/// the server address, then the model name.
+fn provider(attrs: &Candidates, request: Option<&str>, response: Option<&str>) -> Option<String> {
+    attrs
+        .first(Fact::Provider, |v| {
+            value::as_str(v).and_then(provider::canonical)
+        })
+        .or_else(|| {
+            attrs
+                .first(Fact::ServerAddress, |v| {
+                    let raw = value::as_str(v)?;
+                    // `gen_ai.openai.api_base` is a URL; take its host.
+                    let host = raw
+                        .split("://")
+                        .last()
+                        .unwrap_or(raw)
+                        .split(['/', ':'])
+                        .next()
+                        .unwrap_or(raw);
+                    provider::from_host(host)
+                })
+                .map(str::to_owned)
+        })
+        .or_else(|| {
+            response
+                .or(request)
+                .and_then(provider::from_model)
+                .map(str::to_owned)
+        })
 }
 
 fn ttft_ms(span: &Span, attrs: &Candidates, streaming: Option<bool>) -> Option<f64> {
@@ -339,6 +470,11 @@ fn ttft_ms(span: &Span, attrs: &Candidates, streaming: Option<bool>) -> Option<f
                 .map(|s| s * 1e3)
         })
         .or_else(|| attrs.first(Fact::TtftMillis, value::as_f64))
+        .or_else(|| {
+            attrs
+                .first(Fact::CompletionStart, value::iso_time_nanos)
+                .map(|t| (t - span.start_time_unix_nano as i64) as f64 / 1e6)
+        })
         .or_else(|| {
             span.events
                 .iter()
@@ -410,7 +546,7 @@ mod tests {
                 Value::DoubleValue(0.25),
             ),
         ]);
-        let facts = extract(&sp, &[]);
+        let facts = extract(&sp, &[], None);
         assert_eq!(facts.status, SpanStatus::Unset);
         let llm = facts.llm.expect("an LLM call");
         assert_eq!(llm.operation.as_deref(), Some("chat"));
@@ -434,7 +570,7 @@ mod tests {
             s("gen_ai.usage.prompt_tokens", "12"),
             i("gen_ai.usage.completion_tokens", 3),
         ]);
-        let llm = extract(&sp, &[]).llm.expect("an LLM call");
+        let llm = extract(&sp, &[], None).llm.expect("an LLM call");
         assert_eq!(llm.provider.as_deref(), Some("openai"));
         assert_eq!(llm.operation.as_deref(), Some("chat"), "from the span name");
         assert_eq!(llm.tokens.input, Some(12));
@@ -450,7 +586,7 @@ mod tests {
             i("gen_ai.usage.cache_creation.input_tokens", 200),
             i("gen_ai.usage.output_tokens", 5),
         ]);
-        let t = extract(&sp, &[]).llm.unwrap().tokens;
+        let t = extract(&sp, &[], None).llm.unwrap().tokens;
         assert_eq!(t.input, Some(1210));
         assert_eq!(t.input_uncached(), Some(10));
         assert_eq!(t.cache_write, Some(200));
@@ -467,7 +603,7 @@ mod tests {
             s("gen_ai.usage.output_tokens", &max),
             s("gen_ai.usage.reasoning.output_tokens", &max),
         ]);
-        let t = extract(&sp, &[]).llm.unwrap().tokens;
+        let t = extract(&sp, &[], None).llm.unwrap().tokens;
         assert_eq!(t.input, Some(u64::MAX));
         assert_eq!(t.total, Some(u64::MAX));
         assert_eq!(t.input_uncached(), Some(0));
@@ -480,13 +616,13 @@ mod tests {
             s("gen_ai.request.model", "gpt-4o"),
             i("gen_ai.usage.input_tokens", 100),
         ]);
-        assert!(extract(&sp, &[]).llm.is_none());
+        assert!(extract(&sp, &[], None).llm.is_none());
     }
 
     #[test]
     fn plain_spans_are_not_llm_calls() {
         let sp = span(vec![s("http.request.method", "GET")]);
-        let facts = extract(&sp, &[]);
+        let facts = extract(&sp, &[], None);
         assert!(facts.llm.is_none());
         assert_eq!(facts.error_type, None);
     }
@@ -501,7 +637,7 @@ mod tests {
             code: StatusCode::Error as i32,
             message: "Error code: 429".into(),
         });
-        let facts = extract(&sp, &[]);
+        let facts = extract(&sp, &[], None);
         assert_eq!(facts.status, SpanStatus::Error);
         assert_eq!(facts.error_type, Some("rate_limited"));
 
@@ -516,7 +652,7 @@ mod tests {
             attributes: vec![s("exception.type", "httpx.ReadTimeout")],
             ..Default::default()
         });
-        assert_eq!(extract(&sp, &[]).error_type, Some("timeout"));
+        assert_eq!(extract(&sp, &[], None).error_type, Some("timeout"));
 
         // From the HTTP status.
         let mut sp = span(vec![i("http.response.status_code", 503)]);
@@ -524,7 +660,7 @@ mod tests {
             code: StatusCode::Error as i32,
             message: String::new(),
         });
-        assert_eq!(extract(&sp, &[]).error_type, Some("server_error"));
+        assert_eq!(extract(&sp, &[], None).error_type, Some("server_error"));
     }
 
     #[test]
@@ -535,7 +671,7 @@ mod tests {
             time_unix_nano: 1_400_000_000,
             ..Default::default()
         });
-        let llm = extract(&sp, &[]).llm.unwrap();
+        let llm = extract(&sp, &[], None).llm.unwrap();
         assert_eq!(llm.ttft_ms, Some(400.0));
         assert_eq!(llm.streaming, Some(true));
 
@@ -546,13 +682,13 @@ mod tests {
                 Value::DoubleValue(9.0),
             ),
         ]);
-        assert_eq!(extract(&sp, &[]).llm.unwrap().ttft_ms, None);
+        assert_eq!(extract(&sp, &[], None).llm.unwrap().ttft_ms, None);
     }
 
     #[test]
     fn user_and_session_fall_back_to_the_resource() {
         let sp = span(vec![s("gen_ai.conversation.id", "conv-1")]);
-        let facts = extract(&sp, &[s("user.id", "u-9")]);
+        let facts = extract(&sp, &[s("user.id", "u-9")], None);
         assert_eq!(facts.session_id.as_deref(), Some("conv-1"));
         assert_eq!(facts.user_id.as_deref(), Some("u-9"));
     }
@@ -564,7 +700,202 @@ mod tests {
             s("gen_ai.system", "langchain"),
             s("server.address", "api.anthropic.com"),
         ]);
-        let llm = extract(&sp, &[]).llm.unwrap();
+        let llm = extract(&sp, &[], None).llm.unwrap();
         assert_eq!(llm.provider.as_deref(), Some("anthropic"));
+    }
+
+    fn b(key: &str, v: bool) -> KeyValue {
+        kv(key, Value::BoolValue(v))
+    }
+
+    #[test]
+    fn openinference_llm_span() {
+        let sp = span(vec![
+            s("openinference.span.kind", "LLM"),
+            s("llm.provider", "openai"),
+            s("llm.model_name", "gpt-4o-2024-08-06"),
+            s(
+                "llm.invocation_parameters",
+                r#"{"model": "gpt-4o", "stream": true}"#,
+            ),
+            i("llm.token_count.prompt", 1200),
+            i("llm.token_count.completion", 80),
+            i("llm.token_count.prompt_details.cache_read", 1024),
+            i("llm.token_count.completion_details.reasoning", 30),
+            s("session.id", "s-1"),
+        ]);
+        let llm = extract(&sp, &[], None).llm.expect("LLM");
+        assert_eq!(llm.operation.as_deref(), Some("chat"));
+        assert_eq!(
+            llm.request_model.as_deref(),
+            Some("gpt-4o-2024-08-06"),
+            "llm.model_name is the last request fallback"
+        );
+        assert_eq!(llm.model(), Some("gpt-4o-2024-08-06"));
+        assert_eq!(llm.streaming, Some(true), "from invocation parameters");
+        assert_eq!(
+            (
+                llm.tokens.input,
+                llm.tokens.cache_read,
+                llm.tokens.reasoning
+            ),
+            (Some(1200), Some(1024), Some(30))
+        );
+        let chain = span(vec![
+            s("openinference.span.kind", "CHAIN"),
+            i("llm.token_count.prompt", 1200),
+        ]);
+        assert!(
+            extract(&chain, &[], None).llm.is_none(),
+            "chains carry aggregated usage"
+        );
+    }
+
+    #[test]
+    fn openllmetry_0_4_span() {
+        let mut sp = span(vec![
+            s("llm.request.type", "chat"),
+            s("gen_ai.system", "Anthropic"),
+            s("gen_ai.request.model", "claude-3-5-sonnet-20241022"),
+            i("gen_ai.usage.prompt_tokens", 1500),
+            i("gen_ai.usage.completion_tokens", 100),
+            i("gen_ai.usage.cache_read_input_tokens", 1000),
+            b("llm.is_streaming", true),
+            s("traceloop.association.properties.user_id", "u-2"),
+        ]);
+        sp.name = "anthropic.chat".into();
+        let facts = extract(&sp, &[], None);
+        let llm = facts.llm.expect("LLM");
+        assert_eq!(llm.provider.as_deref(), Some("anthropic"));
+        assert_eq!(
+            llm.tokens.input,
+            Some(1500),
+            "OpenLLMetry Anthropic input is inclusive"
+        );
+        assert_eq!(llm.streaming, Some(true));
+        assert_eq!(facts.user_id.as_deref(), Some("u-2"));
+        let workflow = span(vec![
+            s("traceloop.span.kind", "workflow"),
+            s("gen_ai.request.model", "x"),
+            i("gen_ai.usage.prompt_tokens", 5),
+        ]);
+        assert!(extract(&workflow, &[], None).llm.is_none());
+    }
+
+    #[test]
+    fn vercel_ai_sdk_wrapper_and_provider_call() {
+        let wrapper = span(vec![
+            s("ai.operationId", "ai.streamText"),
+            s("ai.model.id", "gpt-4o"),
+            i("ai.usage.inputTokens", 100),
+        ]);
+        assert!(
+            extract(&wrapper, &[], None).llm.is_none(),
+            "wrappers sum their steps"
+        );
+        let call = span(vec![
+            s("ai.operationId", "ai.streamText.doStream"),
+            s("operation.name", "ai.streamText.doStream my-fn"),
+            s("ai.model.provider", "openai.chat"),
+            s("ai.model.id", "gpt-4o"),
+            i("ai.usage.inputTokens", 100),
+            i("ai.usage.outputTokens", 20),
+            i("ai.usage.inputTokenDetails.cacheReadTokens", 64),
+            kv("ai.response.msToFirstChunk", Value::DoubleValue(420.0)),
+        ]);
+        let llm = extract(&call, &[], None).llm.expect("LLM");
+        assert_eq!(llm.provider.as_deref(), Some("openai"));
+        assert_eq!(llm.ttft_ms, Some(420.0));
+        assert_eq!(llm.streaming, Some(true));
+        assert_eq!(llm.tokens.cache_read, Some(64));
+    }
+
+    #[test]
+    fn langfuse_usage_details_are_exclusive() {
+        let sp = span(vec![
+            s("langfuse.observation.type", "generation"),
+            s("langfuse.observation.model.name", "claude-sonnet-4-5"),
+            s(
+                "langfuse.observation.usage_details",
+                r#"{"input": 100, "output": 50, "input_cached_tokens": 900, "input_cache_creation": 200, "output_reasoning_tokens": 10}"#,
+            ),
+            s("langfuse.observation.cost_details", r#"{"total": 0.0123}"#),
+            s("langfuse.observation.prompt.name", "support"),
+            i("langfuse.observation.prompt.version", 3),
+            s(
+                "langfuse.observation.completion_start_time",
+                "\"1970-01-01T00:00:01.250Z\"",
+            ),
+        ]);
+        let llm = extract(&sp, &[], None).llm.expect("LLM");
+        assert_eq!(
+            llm.tokens.input,
+            Some(1200),
+            "uncached 100 + read 900 + write 200"
+        );
+        assert_eq!(llm.tokens.output, Some(60), "output 50 + reasoning 10");
+        assert_eq!(llm.reported_cost_usd, Some(0.0123));
+        assert_eq!(
+            (llm.prompt_name.as_deref(), llm.prompt_version.as_deref()),
+            (Some("support"), Some("3"))
+        );
+        assert_eq!(llm.ttft_ms, Some(250.0));
+    }
+
+    #[test]
+    fn openlit_anthropic_input_is_exclusive() {
+        let sp = span(vec![
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.system", "anthropic"),
+            s("gen_ai.request.model", "claude-3-5-sonnet-20241022"),
+            i("gen_ai.usage.input_tokens", 50),
+            i("gen_ai.usage.cache_read.input_tokens", 30),
+            i("gen_ai.usage.output_tokens", 10),
+        ]);
+        let t = extract(&sp, &[], Some("openlit.otel.tracing"))
+            .llm
+            .unwrap()
+            .tokens;
+        assert_eq!(t.input, Some(80), "exclusive input made inclusive");
+        let t = extract(&sp, &[], Some("opentelemetry.instrumentation.anthropic"))
+            .llm
+            .unwrap()
+            .tokens;
+        assert_eq!(t.input, Some(50), "other producers are inclusive");
+    }
+
+    #[test]
+    fn langsmith_and_logfire_json_usage() {
+        let ls = span(vec![
+            s("langsmith.span.kind", "llm"),
+            s("gen_ai.request.model", "gpt-4o"),
+            i("gen_ai.usage.input_tokens", 500),
+            i("gen_ai.usage.output_tokens", 40),
+            s("gen_ai.usage.input_token_details", r#"{"cache_read": 256}"#),
+            s("gen_ai.usage.output_token_details", r#"{"reasoning": 12}"#),
+            s("gen_ai.response.finish_reasons", "stop,length"),
+        ]);
+        let llm = extract(&ls, &[], None).llm.expect("LLM");
+        assert_eq!(
+            (llm.tokens.cache_read, llm.tokens.reasoning),
+            (Some(256), Some(12))
+        );
+        assert_eq!(llm.finish_reason.as_deref(), Some("stop"));
+        let logfire = span(vec![
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.request.model", "claude-sonnet-4-5"),
+            s(
+                "gen_ai.usage.raw",
+                r#"{"input_tokens": 20, "cache_read_input_tokens": 300, "cache_creation_input_tokens": 0, "output_tokens": 7}"#,
+            ),
+            kv("operation.cost", Value::DoubleValue(0.002)),
+        ]);
+        let llm = extract(&logfire, &[], None).llm.expect("LLM");
+        assert_eq!(
+            llm.tokens.input,
+            Some(320),
+            "Anthropic raw usage is exclusive"
+        );
+        assert_eq!(llm.reported_cost_usd, Some(0.002));
     }
 }

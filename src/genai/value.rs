@@ -5,7 +5,7 @@
 //! or JSON strings. Each accessor accepts every spelling it can read
 //! unambiguously and answers `None` for the rest, so a bad value reads as absent.
 
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
 
 pub(crate) fn as_str(v: &AnyValue) -> Option<&str> {
     match v.value.as_ref()? {
@@ -77,6 +77,29 @@ pub(crate) fn first_of_list(v: &AnyValue) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// The JSON document in the string attribute `key` (parsed twice when a
+/// producer JSON-encoded a JSON string), if it is an object.
+pub(crate) fn json_attr(attrs: &[KeyValue], key: &str) -> Option<serde_json::Value> {
+    let s = attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(as_str)?;
+    match serde_json::from_str::<serde_json::Value>(s).ok()? {
+        serde_json::Value::String(inner) => serde_json::from_str(&inner).ok(),
+        v @ serde_json::Value::Object(_) => Some(v),
+        _ => None,
+    }
+}
+
+/// Unix nanoseconds of an ISO-8601 timestamp, also when JSON-quoted.
+pub(crate) fn iso_time_nanos(v: &AnyValue) -> Option<i64> {
+    let s = as_str(v)?.trim().trim_matches('"');
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
 }
 
 #[cfg(test)]

@@ -143,12 +143,10 @@ async fn receive(
     body: Body,
     format: Format,
 ) -> Result<ExportOutcome, Failure> {
+    // The body is read up to the limit rather than refused on its declared
+    // length: answering before the client has finished sending makes many
+    // clients see a reset connection instead of the 413.
     let limit = state.max_request_bytes;
-    let declared =
-        header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(BodyError::TooLarge { limit }.into());
-    }
     let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());

@@ -3,6 +3,7 @@
 //! decode -> normalise -> write-ahead log -> buffer -> acknowledge.
 
 mod body;
+mod dedup;
 pub mod grpc;
 pub mod http;
 pub mod normalise;
@@ -15,6 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 pub use normalise::Limits;
 
+use crate::pricing::PriceBook;
 use crate::store::{Store, StoreError};
 use crate::wal::{WalError, WriteAheadLog};
 
@@ -59,18 +61,27 @@ pub struct ExportOutcome {
 /// The path from a decoded request to acknowledged, buffered spans.
 pub struct Pipeline {
     limits: Limits,
+    prices: Arc<PriceBook>,
     wal: Arc<dyn WriteAheadLog>,
     store: Arc<Store>,
     tenant: Arc<str>,
+    response_ids: dedup::ResponseIds,
 }
 
 impl Pipeline {
-    pub fn new(limits: Limits, wal: Arc<dyn WriteAheadLog>, store: Arc<Store>) -> Self {
+    pub fn new(
+        limits: Limits,
+        prices: Arc<PriceBook>,
+        wal: Arc<dyn WriteAheadLog>,
+        store: Arc<Store>,
+    ) -> Self {
         Self {
             limits,
+            prices,
             wal,
             store,
             tenant: Arc::from(DEFAULT_TENANT),
+            response_ids: dedup::ResponseIds::default(),
         }
     }
 
@@ -79,7 +90,9 @@ impl Pipeline {
     pub fn export(&self, request: ExportTraceServiceRequest) -> Result<ExportOutcome, IngestError> {
         // Logged as received: replay runs the same validation again.
         self.wal.append(&self.tenant, &request)?;
-        let normalised = normalise::normalise(request, &self.limits, SystemTime::now());
+        let mut normalised =
+            normalise::normalise(request, &self.limits, &self.prices, SystemTime::now());
+        self.response_ids.dedup(&mut normalised.records);
         if !normalised.records.is_empty() {
             self.store
                 .buffer()

@@ -13,7 +13,8 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, Span};
 use serde_json::json;
 
 use crate::genai;
-use crate::record::{hex, CostStatus, SpanRecord};
+use crate::pricing::{Cost, PriceBook};
+use crate::record::{hex, SpanRecord};
 
 /// Spans starting before this are clock bugs, not history (2000-01-01T00:00:00Z).
 const EARLIEST_START_NANOS: u64 = 946_684_800_000_000_000;
@@ -62,8 +63,10 @@ impl Normalised {
 pub fn normalise(
     request: ExportTraceServiceRequest,
     limits: &Limits,
+    prices: &PriceBook,
     now: SystemTime,
 ) -> Normalised {
+    let price_version: Arc<str> = Arc::from(prices.version.as_str());
     let now_nanos = now
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -93,16 +96,15 @@ pub fn normalise(
                 match validate(&span, latest) {
                     Err(reason) => out.reject(reason),
                     Ok(ids) => {
-                        let facts = genai::extract(&span, resource);
+                        let facts = genai::extract(&span, resource, scope_name.as_deref());
+                        let cost = match &facts.llm {
+                            Some(llm) => {
+                                prices.price(llm, facts.status, span.start_time_unix_nano as i64)
+                            }
+                            None => Cost::not_llm(),
+                        };
                         let events_json = events_json(&span, limits);
                         let links_json = links_json(&span, limits);
-                        // Pricing arrives with the price book; until then an LLM
-                        // call is unpriced (null cost), never $0.
-                        let cost_status = if facts.llm.is_some() {
-                            CostStatus::Unpriced
-                        } else {
-                            CostStatus::NotLlm
-                        };
                         out.records.push(SpanRecord {
                             trace_id: ids.trace_id,
                             span_id: ids.span_id,
@@ -117,8 +119,10 @@ pub fn normalise(
                             scope_version: scope_version.clone(),
                             status_message: span.status.and_then(|s| non_empty(s.message)),
                             facts,
-                            cost_usd: None,
-                            cost_status,
+                            cost_usd: cost.usd,
+                            cost_status: cost.status,
+                            price_version: cost.price_id.is_some().then(|| price_version.clone()),
+                            price_id: cost.price_id,
                             attributes: render_owned(span.attributes, limits),
                             resource_attributes: resource_attributes.clone(),
                             events_json,
@@ -387,7 +391,12 @@ mod tests {
                 ..Default::default()
             }],
         };
-        normalise(req, &limits(), UNIX_EPOCH + Duration::from_nanos(NOW))
+        normalise(
+            req,
+            &limits(),
+            &PriceBook::default(),
+            UNIX_EPOCH + Duration::from_nanos(NOW),
+        )
     }
 
     #[test]
@@ -486,6 +495,6 @@ mod tests {
         let r = &out.records[0];
         assert_eq!(r.parent_span_id, Some([9; 8]));
         assert_eq!(r.span_kind, "client");
-        assert_eq!(r.cost_status, CostStatus::NotLlm);
+        assert_eq!(r.cost_status, crate::pricing::CostStatus::NotLlm);
     }
 }

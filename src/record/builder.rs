@@ -60,6 +60,8 @@ pub struct SpanBatchBuilder {
     total_tokens: Int64Builder,
     cost_usd: Float64Builder,
     cost_status: StringBuilder,
+    price_id: StringBuilder,
+    price_version: StringBuilder,
     reported_cost_usd: Float64Builder,
     ttft_ms: Float64Builder,
     streaming: BooleanBuilder,
@@ -115,6 +117,8 @@ impl SpanBatchBuilder {
             total_tokens: Int64Builder::new(),
             cost_usd: Float64Builder::new(),
             cost_status: StringBuilder::new(),
+            price_id: StringBuilder::new(),
+            price_version: StringBuilder::new(),
             reported_cost_usd: Float64Builder::new(),
             ttft_ms: Float64Builder::new(),
             streaming: BooleanBuilder::new(),
@@ -164,6 +168,8 @@ impl SpanBatchBuilder {
         self.session_id.append_option(r.facts.session_id.as_deref());
         self.cost_usd.append_option(r.cost_usd);
         self.cost_status.append_value(r.cost_status.as_str());
+        self.price_id.append_option(r.price_id.as_deref());
+        self.price_version.append_option(r.price_version.as_deref());
 
         let llm = r.facts.llm.as_ref();
         self.is_llm.append_value(llm.is_some());
@@ -238,6 +244,8 @@ impl SpanBatchBuilder {
             Arc::new(self.total_tokens.finish()),
             Arc::new(self.cost_usd.finish()),
             Arc::new(self.cost_status.finish()),
+            Arc::new(self.price_id.finish()),
+            Arc::new(self.price_version.finish()),
             Arc::new(self.reported_cost_usd.finish()),
             Arc::new(self.ttft_ms.finish()),
             Arc::new(self.streaming.finish()),
@@ -295,6 +303,8 @@ mod tests {
             },
             cost_usd: None,
             cost_status: CostStatus::NotLlm,
+            price_id: None,
+            price_version: None,
             attributes: vec![("http.method".into(), "GET".into())],
             resource_attributes: Arc::from(vec![]),
             events_json: None,

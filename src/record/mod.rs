@@ -10,28 +10,7 @@ pub use builder::SpanBatchBuilder;
 pub use schema::span_schema;
 
 use crate::genai::SpanFacts;
-
-/// How a span's cost was determined (the `cost_status` column).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CostStatus {
-    Priced,
-    Unpriced,
-    Reported,
-    CacheHit,
-    NotLlm,
-}
-
-impl CostStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CostStatus::Priced => "priced",
-            CostStatus::Unpriced => "unpriced",
-            CostStatus::Reported => "reported",
-            CostStatus::CacheHit => "cache_hit",
-            CostStatus::NotLlm => "not_llm",
-        }
-    }
-}
+pub use crate::pricing::CostStatus;
 
 /// One span, decoded, validated and normalised: everything a row holds except
 /// the tenant, which is the row's partition.
@@ -53,6 +32,10 @@ pub struct SpanRecord {
     /// `None` until pricing has run; never 0 for a model we could not price.
     pub cost_usd: Option<f64>,
     pub cost_status: CostStatus,
+    /// The price book entry used, and the book's version: what a re-pricing
+    /// of history needs to know.
+    pub price_id: Option<String>,
+    pub price_version: Option<Arc<str>>,
     /// Every span attribute, values rendered as strings (arrays and maps as JSON).
     pub attributes: Vec<(String, String)>,
     /// Shared by all spans of one resource.

@@ -61,6 +61,8 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         f("total_tokens", Int64, true),
         f("cost_usd", Float64, true),
         f("cost_status", Utf8, false),
+        f("price_id", Utf8, true),
+        f("price_version", Utf8, true),
         f("reported_cost_usd", Float64, true),
         f("ttft_ms", Float64, true),
         f("streaming", Boolean, true),

@@ -295,6 +295,8 @@ mod tests {
             },
             cost_usd: None,
             cost_status: CostStatus::NotLlm,
+            price_id: None,
+            price_version: None,
             attributes: Vec::new(),
             resource_attributes: Arc::from(Vec::new()),
             events_json: None,

@@ -6,12 +6,19 @@ import json
 
 import pytest
 
+from mock_anthropic import MockAnthropic
 from mock_openai import MockOpenAI
 
 
 @pytest.fixture(scope="session")
 def mock_openai_server():
     with MockOpenAI() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mock_anthropic_server():
+    with MockAnthropic() as server:
         yield server
 
 

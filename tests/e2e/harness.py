@@ -216,3 +216,34 @@ def read_spans(data_dir: Path) -> list[dict[str, Any]]:
 def otlp_status_to_column(code: str) -> str:
     """Maps the OTel SDK StatusCode name the app sent to the contract's ``status`` value."""
     return {"OK": "ok", "ERROR": "error", "UNSET": "unset"}[code]
+
+
+_PRICES_CACHE: dict[tuple[str, str | None], dict[str, Any]] = {}
+
+
+def prices_lookup(model: str, provider: str | None = None) -> dict[str, Any]:
+    """``llmtrace prices lookup MODEL [--provider P] --format json``, parsed (cached per process).
+
+    The answer's ``matched`` is null (and the exit code 1) when the price book knows no such model.
+    """
+    key = (model, provider)
+    if key not in _PRICES_CACHE:
+        cmd = [str(llmtrace_bin()), "prices", "lookup", model, "--format", "json"]
+        if provider:
+            cmd += ["--provider", provider]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=60, env=clean_env(NO_COLOR="1"), stdin=subprocess.DEVNULL,
+        )
+        # Exit 0 when the book knows the model; 1, with the same JSON and "matched": null, when not.
+        try:
+            answer = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict) or proc.returncode not in (0, 1) or (
+            proc.returncode == 1 and answer.get("matched") is not None
+        ):
+            raise RuntimeError(
+                f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            )
+        _PRICES_CACHE[key] = answer
+    return _PRICES_CACHE[key]

@@ -504,6 +504,7 @@ fn corrupted_requests_never_panic() {
         max_attribute_value_bytes: 1024,
         max_future_skew: std::time::Duration::from_secs(3600),
     };
+    let prices = llmtrace::pricing::PriceBook::default_book();
     // A fixed-seed xorshift: the same corruptions on every run.
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     let mut next = move || {
@@ -522,7 +523,7 @@ fn corrupted_requests_never_panic() {
         match ExportTraceServiceRequest::decode(bytes.as_slice()) {
             Ok(req) => {
                 decoded += 1;
-                let _ = normalise(req, &limits, std::time::SystemTime::now());
+                let _ = normalise(req, &limits, &prices, std::time::SystemTime::now());
             }
             Err(_) => refused += 1,
         }
@@ -530,7 +531,7 @@ fn corrupted_requests_never_panic() {
         let at = (next() % text.len() as u64) as usize;
         text[at] = b"{}[]\",:0-9aeE.\\ "[(next() % 16) as usize];
         if let Ok(req) = llmtrace::ingest::otlp_json::decode(&text) {
-            let _ = normalise(req, &limits, std::time::SystemTime::now());
+            let _ = normalise(req, &limits, &prices, std::time::SystemTime::now());
         }
     }
     assert!(

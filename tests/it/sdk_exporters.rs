@@ -83,13 +83,13 @@ fn emit(provider: &SdkTracerProvider) -> Sent {
 
     let err_start = llm_end + Duration::from_millis(10);
     let mut failed = tracer
-        .span_builder("chat claude-sonnet-4-5")
+        .span_builder("chat in-house-model-v2")
         .with_kind(SpanKind::Client)
         .with_start_time(err_start)
         .with_attributes(vec![
             KeyValue::new("gen_ai.operation.name", "chat"),
             KeyValue::new("gen_ai.system", "anthropic"),
-            KeyValue::new("gen_ai.request.model", "claude-sonnet-4-5"),
+            KeyValue::new("gen_ai.request.model", "in-house-model-v2"),
             KeyValue::new("error.type", "RateLimitError"),
         ])
         .start_with_context(&tracer, &cx);
@@ -181,12 +181,23 @@ fn check(rows: &[Row], sent: &Sent) {
     assert_eq!(llm.s("finish_reason"), Some("stop"));
     assert_eq!(llm.s("session_id"), Some("conv-42"));
     assert_eq!(llm.s("user_id"), Some("user-7"));
-    assert_eq!(llm.s("cost_status"), Some("unpriced"));
-    assert_eq!(
-        llm.f("cost_usd"),
-        None,
-        "an unpriced call costs null, never 0"
-    );
+    // Priced from the shipped book: recompute from its prices for this model.
+    let book = llmtrace::pricing::PriceBook::default_book();
+    let report = llmtrace::pricing::lookup_report(&book, "gpt-4o-2024-08-06", Some("openai"));
+    let prices = &report["matched"]["prices"];
+    let price = |k: &str| -> Option<f64> { prices[k].as_str().map(|p| p.parse().unwrap()) };
+    let (input, output) = (price("input").unwrap(), price("output").unwrap());
+    // 120 input of which 100 cached; 40 output of which 8 reasoning.
+    let want = (20.0 * input
+        + 100.0 * price("cache_read").unwrap_or(input)
+        + 32.0 * output
+        + 8.0 * price("reasoning").unwrap_or(output))
+        / 1e6;
+    assert_eq!(llm.s("cost_status"), Some("priced"));
+    let cost = llm.f("cost_usd").expect("priced");
+    assert!((cost - want).abs() < 1e-12, "{cost} != {want}");
+    assert_eq!(llm.s("price_id"), report["matched"]["id"].as_str());
+    assert_eq!(llm.s("price_version"), Some(book.version.as_str()));
     assert_eq!(llm.attributes["gen_ai.request.model"], "gpt-4o");
     assert_eq!(llm.attributes["gen_ai.usage.input_tokens"], "120");
     assert_eq!(
@@ -204,8 +215,14 @@ fn check(rows: &[Row], sent: &Sent) {
     assert_eq!(failed.s("status_message"), Some("rate limited"));
     assert_eq!(failed.s("error_type"), Some("rate_limited"));
     assert_eq!(failed.s("provider"), Some("anthropic"));
-    assert_eq!(failed.s("model"), Some("claude-sonnet-4-5"));
+    assert_eq!(failed.s("model"), Some("in-house-model-v2"));
     assert_eq!(failed.i("input_tokens"), None, "unknown is not zero");
+    assert_eq!(failed.s("cost_status"), Some("unpriced"));
+    assert_eq!(
+        failed.f("cost_usd"),
+        None,
+        "an unknown model costs null, never 0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

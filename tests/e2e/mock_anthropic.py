@@ -1,0 +1,372 @@
+"""A tiny local stand-in for the Anthropic Messages API.
+
+Only ``POST /v1/messages`` is implemented, which is all the e2e tests need. It
+listens on 127.0.0.1 (port 0 by default) and never talks to the network.
+
+Behaviour is driven by the request's ``model`` through the single table
+``MODELS`` below; the tests import that table to know what token counts and
+response model to expect, so no expected value is written down twice.
+
+Token counts follow Anthropic's convention: the raw ``usage.input_tokens`` is
+the *uncached* input only and EXCLUDES ``cache_read_input_tokens`` and
+``cache_creation_input_tokens``; :func:`total_input_tokens` gives the
+inclusive total that llmtrace's ``input_tokens`` column must hold.
+
+* ``"stream": true`` answers with Server-Sent Events like the real API:
+  ``message_start`` (with the input-side ``usage``), ``content_block_start``,
+  ``ping``, one ``content_block_delta`` per piece of text,
+  ``content_block_stop``, ``message_delta`` (``stop_reason`` and the output
+  ``usage``) and ``message_stop``; a short delay comes before the first event
+  so time-to-first-token is measurable;
+* a model whose entry has ``"error"`` answers with that HTTP status and an
+  Anthropic-style error body (``claude-rate-limited`` -> 429
+  ``rate_limit_error``); the header ``x-mock-error: 429`` forces the same
+  error for any model;
+* prompt caching: the entries with ``"requires_cache_control": True`` are the
+  cache-write and cache-read calls; they answer 400 unless some block of the
+  request (system, message content or tool) carries ``cache_control``, so the
+  app really sends a prompt-caching request.
+
+Run it alone with ``python mock_anthropic.py`` to poke at it by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+# The one table of canned answers, keyed by request model. Token fields are
+# exactly what the mock puts in ``usage`` (Anthropic semantics: input_tokens
+# excludes the cache tokens).
+MODELS: dict[str, dict[str, Any]] = {
+    # Plain (non-streaming) message, no prompt caching: both cache fields are 0.
+    "claude-opus-4-1": {
+        "response_model": "claude-opus-4-1-20250805",
+        "input_tokens": 31,
+        "output_tokens": 12,
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 0,
+        "stop_reason": "end_turn",
+        "content": ["Hello", " from", " the", " mock", " Claude", "."],
+    },
+    # Prompt caching, first call: the long system prompt is WRITTEN to the cache.
+    "claude-sonnet-4-5": {
+        "response_model": "claude-sonnet-4-5-20250929",
+        "input_tokens": 14,
+        "output_tokens": 21,
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 2051,
+        "stop_reason": "end_turn",
+        "content": ["Cached", " the", " system", " prompt", "."],
+        "requires_cache_control": True,
+    },
+    # Prompt caching, second call: the same prefix is READ from the cache. The
+    # same model under its dated name, only so that each call has its own
+    # request model (the table's key).
+    "claude-sonnet-4-5-20250929": {
+        "response_model": "claude-sonnet-4-5-20250929",
+        "input_tokens": 19,
+        "output_tokens": 27,
+        "cache_read_input_tokens": 2051,
+        "cache_creation_input_tokens": 0,
+        "stop_reason": "end_turn",
+        "content": ["Read", " the", " system", " prompt", " from", " cache", "."],
+        "requires_cache_control": True,
+    },
+    # Streaming message; also reads a little from the cache, so the streaming
+    # code path's cache accounting is exercised too.
+    "claude-haiku-4-5": {
+        "response_model": "claude-haiku-4-5-20251001",
+        "input_tokens": 42,
+        "output_tokens": 17,
+        "cache_read_input_tokens": 1024,
+        "cache_creation_input_tokens": 0,
+        "stop_reason": "end_turn",
+        "content": ["Streaming", " tokens", " from", " the", " mock", " Claude", "."],
+    },
+    # A successful call to a model no price book knows: must stay unpriced.
+    "acme-llm-unpriced-1": {
+        "response_model": "acme-llm-unpriced-1-20990101",
+        "input_tokens": 8,
+        "output_tokens": 5,
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 0,
+        "stop_reason": "max_tokens",
+        "content": ["Not", " in", " any", " price", " book"],
+    },
+    # Always rate-limited.
+    "claude-rate-limited": {
+        "error": {
+            "status": 429,
+            "type": "rate_limit_error",
+            "message": (
+                "This request would exceed the rate limit for your organization of 1 "
+                "requests per minute. (mock)"
+            ),
+        },
+    },
+}
+
+PLAIN_MODEL = "claude-opus-4-1"
+CACHE_WRITE_MODEL = "claude-sonnet-4-5"
+CACHE_READ_MODEL = "claude-sonnet-4-5-20250929"
+STREAM_MODEL = "claude-haiku-4-5"
+UNPRICED_MODEL = "acme-llm-unpriced-1"
+RATE_LIMITED_MODEL = "claude-rate-limited"
+
+# ``usage.output_tokens`` in ``message_start`` (the real API reports a small
+# count there too; ``message_delta`` then carries the cumulative total).
+STREAM_START_OUTPUT_TOKENS = 1
+
+# Delay before the first SSE event, so time-to-first-token is measurable.
+FIRST_EVENT_DELAY_S = 0.15
+# Delay between later SSE events.
+EVENT_DELAY_S = 0.01
+
+_RATE_LIMIT_ERROR = MODELS[RATE_LIMITED_MODEL]["error"]
+
+
+def total_input_tokens(entry: dict[str, Any]) -> int:
+    """Input tokens inclusive of cache reads and writes (llmtrace's normalisation)."""
+    return entry["input_tokens"] + entry["cache_read_input_tokens"] + entry["cache_creation_input_tokens"]
+
+
+def _usage(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "input_tokens": entry["input_tokens"],
+        "cache_creation_input_tokens": entry["cache_creation_input_tokens"],
+        "cache_read_input_tokens": entry["cache_read_input_tokens"],
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": entry["cache_creation_input_tokens"],
+            "ephemeral_1h_input_tokens": 0,
+        },
+        "output_tokens": entry["output_tokens"],
+        "service_tier": "standard",
+    }
+
+
+def _has_cache_control(req: dict[str, Any]) -> bool:
+    def blocks(v: Any):
+        if isinstance(v, list):
+            for b in v:
+                if isinstance(b, dict):
+                    yield b
+
+    if any("cache_control" in b for b in blocks(req.get("system"))):
+        return True
+    if any("cache_control" in b for b in blocks(req.get("tools"))):
+        return True
+    for msg in blocks(req.get("messages")):
+        if any("cache_control" in b for b in blocks(msg.get("content"))):
+            return True
+    return False
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "mock-anthropic/1.0"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        if self.server.verbose:  # type: ignore[attr-defined]
+            super().log_message(format, *args)
+
+    # -- helpers -----------------------------------------------------------
+    def _send_json(self, status: int, body: dict[str, Any], extra_headers=None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("request-id", f"req_mock_{int(time.time() * 1000)}")
+        for k, v in (extra_headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_api_error(self, status: int, err_type: str, message: str, extra_headers=None) -> None:
+        self._send_json(
+            status,
+            {"type": "error", "error": {"type": err_type, "message": message}, "request_id": "req_mock_error"},
+            extra_headers,
+        )
+
+    def _send_rate_limit(self, err: dict[str, Any]) -> None:
+        self._send_api_error(
+            err["status"],
+            err["type"],
+            err["message"],
+            {
+                "retry-after": "1",
+                "anthropic-ratelimit-requests-limit": "1",
+                "anthropic-ratelimit-requests-remaining": "0",
+            },
+        )
+
+    # -- routes ------------------------------------------------------------
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path in ("/healthz", "/"):
+            self._send_json(200, {"ok": True})
+        else:
+            self._send_api_error(404, "not_found_error", "not found")
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if self.path.split("?")[0].rstrip("/") != "/v1/messages":
+            self._send_api_error(404, "not_found_error", f"unknown path {self.path}")
+            return
+        try:
+            req = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            self._send_api_error(400, "invalid_request_error", "bad json")
+            return
+
+        model = req.get("model", "")
+        stream = bool(req.get("stream"))
+        cache_control = _has_cache_control(req)
+        with self.server.lock:  # type: ignore[attr-defined]
+            self.server.requests.append(  # type: ignore[attr-defined]
+                {"model": model, "stream": stream, "cache_control": cache_control}
+            )
+
+        if self.headers.get("x-mock-error") == "429":
+            self._send_rate_limit(_RATE_LIMIT_ERROR)
+            return
+        entry = MODELS.get(model)
+        if entry is None:
+            self._send_api_error(404, "not_found_error", f"model: {model}")
+            return
+        if "error" in entry:
+            self._send_rate_limit(entry["error"])
+            return
+        if entry.get("requires_cache_control") and not cache_control:
+            self._send_api_error(
+                400, "invalid_request_error", f"mock: {model} is a prompt-caching call; send a cache_control block"
+            )
+            return
+
+        msg_id = f"msg_mock_{model}_{int(time.time() * 1000)}"
+        if not stream:
+            self._send_json(
+                200,
+                {
+                    "id": msg_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": entry["response_model"],
+                    "content": [{"type": "text", "text": "".join(entry["content"])}],
+                    "stop_reason": entry["stop_reason"],
+                    "stop_sequence": None,
+                    "usage": _usage(entry),
+                },
+            )
+            return
+
+        # Streaming.
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.send_header("request-id", f"req_mock_{int(time.time() * 1000)}")
+        self.end_headers()
+        self.close_connection = True
+
+        def event(name: str, body: dict[str, Any]) -> None:
+            self.wfile.write(f"event: {name}\ndata: {json.dumps(body)}\n\n".encode())
+            self.wfile.flush()
+
+        start_usage = _usage(entry)
+        start_usage["output_tokens"] = STREAM_START_OUTPUT_TOKENS
+        time.sleep(FIRST_EVENT_DELAY_S)
+        event(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": msg_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": entry["response_model"],
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": start_usage,
+                },
+            },
+        )
+        event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        event("ping", {"type": "ping"})
+        for piece in entry["content"]:
+            event(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+            )
+            time.sleep(EVENT_DELAY_S)
+        event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": entry["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": entry["output_tokens"]},
+            },
+        )
+        event("message_stop", {"type": "message_stop"})
+
+
+class MockAnthropic:
+    """Runs the mock in a background thread: ``with MockAnthropic() as m: m.base_url``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, verbose: bool = False):
+        self._httpd = ThreadingHTTPServer((host, port), _Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.verbose = verbose  # type: ignore[attr-defined]
+        self._httpd.lock = threading.Lock()  # type: ignore[attr-defined]
+        self._httpd.requests = []  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="mock-anthropic", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        # The Anthropic SDK appends /v1/messages itself.
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        with self._httpd.lock:  # type: ignore[attr-defined]
+            return list(self._httpd.requests)  # type: ignore[attr-defined]
+
+    def start(self) -> "MockAnthropic":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "MockAnthropic":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+    m = MockAnthropic(port=args.port, verbose=True).start()
+    print(f"mock Anthropic listening on {m.base_url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        m.stop()

@@ -1,0 +1,578 @@
+"""End to end: OpenLLMetry (traceloop's ``opentelemetry-instrumentation-openai`` and
+``opentelemetry-instrumentation-anthropic``) instruments real OpenAI and Anthropic clients
+talking to local mock servers and exports over OTLP/HTTP protobuf to ``llmtrace serve``;
+after SIGTERM, DuckDB reads the Parquet files and every LLM call's row must hold what the
+mocks answered, normalised (Anthropic's input tokens made inclusive of cache reads and
+writes), and be priced from the price book (``llmtrace prices lookup``) with the formula
+of docs/price-book.md, computed here with ``decimal``.
+
+Two scenarios, each with its own llmtrace process and data dir:
+
+* ``openllmetry``: the anthropic SDK's own OpenTelemetry spans turned off, so every call
+  makes exactly one span, OpenLLMetry's (``openai.chat`` / ``anthropic.chat``);
+* ``openllmetry+anthropic-sdk``: anthropic 2.x's own spans on, as they are by default:
+  each Anthropic call also makes an ``anthropic.messages.create`` span (scope
+  ``com.anthropic.sdk.python``, semconv attributes), a sibling of OpenLLMetry's with the
+  same ``gen_ai.response.id``. llmtrace counts such a call once: one span of the pair keeps
+  the LLM facts and is checked like any other, the other is stored as a non-LLM span
+  pointing at it (``attributes['llmtrace.duplicate_of']``). The 429 spans carry no
+  response id, so both stay LLM rows (without tokens or cost).
+
+Expected token counts and models come from ``mock_openai.MODELS`` and
+``mock_anthropic.MODELS``; cache, reasoning and streaming columns are expected to be what
+the span carried (0 if it sent 0, null if it sent nothing); ids, times and status come
+from the spans the app reports having sent.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import harness
+import mock_anthropic
+import mock_openai
+
+APP = harness.E2E_DIR / "app_openllmetry.py"
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+HEX16 = re.compile(r"^[0-9a-f]{16}$")
+
+# call name (key of the app's "calls" output) -> (provider, request model)
+CALLS: dict[str, tuple[str, str]] = {
+    "openai_plain": ("openai", mock_openai.PLAIN_MODEL),
+    "openai_stream": ("openai", mock_openai.STREAM_MODEL),
+    "anthropic_plain": ("anthropic", mock_anthropic.PLAIN_MODEL),
+    "anthropic_cache_write": ("anthropic", mock_anthropic.CACHE_WRITE_MODEL),
+    "anthropic_cache_read": ("anthropic", mock_anthropic.CACHE_READ_MODEL),
+    "anthropic_stream": ("anthropic", mock_anthropic.STREAM_MODEL),
+    "anthropic_unpriced": ("anthropic", mock_anthropic.UNPRICED_MODEL),
+    "anthropic_rate_limited": ("anthropic", mock_anthropic.RATE_LIMITED_MODEL),
+}
+STREAM_CALLS = {"openai_stream", "anthropic_stream"}
+
+SCENARIOS = {
+    "openllmetry": {"anthropic_sdk_tracing": "off"},
+    "openllmetry+anthropic-sdk": {"anthropic_sdk_tracing": "on"},
+}
+
+OLM_SCOPES = ("opentelemetry.instrumentation.openai", "opentelemetry.instrumentation.anthropic")
+ANTHROPIC_SDK_SCOPE = "com.anthropic.sdk.python"
+
+# Attribute names, in the order llmtrace is to read them (docs: shared genai-attributes.md §4).
+CACHE_READ_ATTRS = ("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens")
+CACHE_WRITE_ATTRS = (
+    "gen_ai.usage.cache_write.input_tokens",
+    "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.cache_creation_input_tokens",
+)
+REASONING_ATTRS = (
+    "gen_ai.usage.reasoning.output_tokens",
+    "gen_ai.usage.reasoning_tokens",
+    "llm.usage.reasoning_tokens",
+)
+STREAM_ATTRS = ("gen_ai.request.stream", "gen_ai.is_streaming", "llm.is_streaming")
+CHUNK_EVENTS = ("gen_ai.content.completion.chunk", "llm.content.completion.chunk")
+
+
+def span_source(span: dict[str, Any]) -> str:
+    scope = span.get("scope") or ""
+    if scope.startswith(OLM_SCOPES):
+        return "openllmetry"
+    if scope == ANTHROPIC_SDK_SCOPE:
+        return "anthropic-sdk"
+    return scope
+
+
+def first_attr(attrs: dict[str, Any], names: tuple[str, ...]) -> Any:
+    for n in names:
+        if n in attrs and attrs[n] is not None and attrs[n] != "":
+            return attrs[n]
+    return None
+
+
+def as_bool(v: Any) -> bool | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return v
+    return str(v).strip().lower() == "true"
+
+
+def as_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+# ---------------------------------------------------------------------------
+# expectations from the mock tables
+
+
+@dataclass
+class Expected:
+    """Normalised token counts for one LLM span: input inclusive of cache reads and writes."""
+
+    input_tokens: int | None
+    output_tokens: int | None
+    cache_read: int  # for pricing; the column is checked against what the span carried
+    cache_write: int
+    reasoning: int = 0
+
+
+def expected_tokens(call: str, span: dict[str, Any]) -> Expected | None:
+    provider, model = CALLS[call]
+    if provider == "openai":
+        e = mock_openai.MODELS[model]
+        if "error" in e:
+            return None
+        # OpenAI's prompt_tokens already include cached tokens; the mock sends cached_tokens 0.
+        return Expected(e["input_tokens"], e["output_tokens"], 0, 0)
+    e = mock_anthropic.MODELS[model]
+    if "error" in e:
+        return None
+    output = e["output_tokens"]
+    if call == "anthropic_stream" and span_source(span) == "openllmetry":
+        # OpenLLMetry's Anthropic stream accumulator ADDS message_start's output_tokens to
+        # message_delta's (already cumulative) count, so its span carries one more than the
+        # API reported; llmtrace can only store what the span says.
+        output += mock_anthropic.STREAM_START_OUTPUT_TOKENS
+    return Expected(
+        mock_anthropic.total_input_tokens(e),
+        output,
+        e["cache_read_input_tokens"],
+        e["cache_creation_input_tokens"],
+    )
+
+
+def expected_response_model(call: str) -> str | None:
+    provider, model = CALLS[call]
+    table = mock_openai.MODELS if provider == "openai" else mock_anthropic.MODELS
+    return table[model].get("response_model")
+
+
+def is_failed(call: str) -> bool:
+    provider, model = CALLS[call]
+    table = mock_openai.MODELS if provider == "openai" else mock_anthropic.MODELS
+    return "error" in table[model]
+
+
+# ---------------------------------------------------------------------------
+# pricing (docs/price-book.md), in decimal arithmetic
+
+
+def _d(v: Any) -> Decimal | None:
+    return None if v is None else Decimal(str(v))
+
+
+def expected_cost(matched: dict[str, Any], tok: Expected) -> Decimal:
+    base = matched["prices"]
+    prices = dict(base)
+    # Long-context tier: the highest threshold the call's total input exceeds; fields it
+    # leaves out come from the base row.
+    tiers = sorted(matched.get("tiers") or [], key=lambda t: t["input_tokens_gt"])
+    for t in tiers:
+        if tok.input_tokens > t["input_tokens_gt"]:
+            prices = {k: (t["prices"].get(k) if t["prices"].get(k) is not None else base.get(k)) for k in base}
+    p_in = _d(prices["input"])
+    p_out = _d(prices["output"])
+    p_cr = _d(prices.get("cache_read")) or p_in  # absent: billed as input
+    p_cw = _d(prices.get("cache_write")) or p_in  # absent: billed as input
+    p_rs = _d(prices.get("reasoning")) or p_out  # absent: billed as output
+    uncached = tok.input_tokens - tok.cache_read - tok.cache_write
+    cw_5m, cw_1h = tok.cache_write, 0  # the mock's writes are all 5-minute ones
+    p_cw1h = _d(prices.get("cache_write_1h")) or p_cw
+    total = (
+        uncached * p_in
+        + tok.cache_read * p_cr
+        + cw_5m * p_cw
+        + cw_1h * p_cw1h
+        + (tok.output_tokens - tok.reasoning) * p_out
+        + tok.reasoning * p_rs
+    )
+    return total / Decimal(1_000_000)
+
+
+def price_entry(provider: str, response_model: str | None, request_model: str) -> tuple[dict[str, Any] | None, str]:
+    """The matched entry (response model first, then requested model: docs/price-book.md)
+    and the book's version."""
+    answer: dict[str, Any] = {}
+    for m in (response_model, request_model):
+        if m:
+            answer = harness.prices_lookup(m, provider)
+            if answer["matched"] is not None:
+                return answer["matched"], answer.get("book_version")
+    return None, answer.get("book_version")
+
+
+# ---------------------------------------------------------------------------
+# running it
+
+
+@dataclass
+class Run:
+    name: str
+    service_name: str
+    llmtrace: harness.Llmtrace
+    app: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def sdk_tracing(self) -> bool:
+        return SCENARIOS[self.name]["anthropic_sdk_tracing"] == "on"
+
+    def sent_spans(self) -> list[dict[str, Any]]:
+        return self.app.get("spans", [])
+
+    def sent_by_id(self) -> dict[str, dict[str, Any]]:
+        return {s["span_id"]: s for s in self.sent_spans()}
+
+    def call_spans(self, call: str) -> list[dict[str, Any]]:
+        by_id = self.sent_by_id()
+        return [by_id[i] for i in self.app["calls"][call]["span_ids"]]
+
+    def sent_root(self) -> dict[str, Any]:
+        found = [s for s in self.sent_spans() if s["name"] == "e2e.app.run"]
+        assert len(found) == 1
+        return found[0]
+
+    def row(self, span_id: str) -> dict[str, Any]:
+        found = [r for r in self.rows if r["span_id"] == span_id]
+        assert len(found) == 1, f"{len(found)} rows for span {span_id}"
+        return found[0]
+
+    def expected_span_count(self, call: str) -> int:
+        return 2 if (self.sdk_tracing and CALLS[call][0] == "anthropic") else 1
+
+    def roles(self, call: str) -> dict[str, str | None]:
+        """span id -> None for a span that must be an LLM row, or the span id of the row it
+        duplicates. Spans of one call that share a gen_ai.response.id are one LLM call: the
+        keeper is the one stored with is_llm (exactly one must be; see test_duplicates_counted_once)."""
+        groups: dict[Any, list[str]] = {}
+        for s in self.call_spans(call):
+            groups.setdefault(s["attributes"].get("gen_ai.response.id"), []).append(s["span_id"])
+        roles: dict[str, str | None] = {}
+        for rid, ids in groups.items():
+            if rid is None or len(ids) == 1:
+                roles.update({i: None for i in ids})
+                continue
+            keepers = [i for i in ids if self.row(i).get("is_llm") is True]
+            keeper = keepers[0] if len(keepers) == 1 else ids[0]
+            roles.update({i: (None if i == keeper else keeper) for i in ids})
+        return roles
+
+
+@pytest.fixture(scope="module", params=list(SCENARIOS))
+def run(request, tmp_path_factory, mock_openai_server, mock_anthropic_server) -> Run:
+    name = request.param
+    base = tmp_path_factory.mktemp(f"openllmetry-{name.replace('+', '-')}")
+    service_name = f"llmtrace-e2e-{name.replace('+', '-')}"
+    lt = harness.start_llmtrace(base / "data", base / "llmtrace.log")
+    try:
+        app = harness.run_app(
+            APP,
+            [
+                "--openai-base-url", mock_openai_server.base_url,
+                "--anthropic-base-url", mock_anthropic_server.base_url,
+                "--otlp-endpoint", lt.http_traces_url,
+                "--service-name", service_name,
+                "--anthropic-sdk-tracing", SCENARIOS[name]["anthropic_sdk_tracing"],
+            ],
+        )
+    finally:
+        lt.terminate(timeout=60)
+    r = Run(name=name, service_name=service_name, llmtrace=lt, app=app)
+    r.files = harness.parquet_files(lt.data_dir)
+    if r.files:
+        r.rows = harness.read_spans(lt.data_dir)
+    return r
+
+
+class Mismatches:
+    """Collects every column that differs, so one failure shows the whole row's story."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.items: list[str] = []
+
+    def eq(self, column: str, got: Any, want: Any, note: str = "") -> None:
+        if got != want:
+            self.items.append(f"{column}: stored {got!r}, expected {want!r}{'  (' + note + ')' if note else ''}")
+
+    def check(self, ok: bool, msg: str) -> None:
+        if not ok:
+            self.items.append(msg)
+
+    def assert_none(self) -> None:
+        assert not self.items, f"{self.what}:\n  " + "\n  ".join(self.items)
+
+
+# ---------------------------------------------------------------------------
+# process level and what the instrumentations sent
+
+
+def test_app_exported_all_spans(run: Run):
+    app = run.app
+    assert app["returncode"] == 0, f"app failed ({app['returncode']}):\n{app.get('stderr', '')[-3000:]}"
+    assert app["export_results"] and all(r == "SUCCESS" for r in app["export_results"])
+    for call in CALLS:
+        got = app["calls"][call]
+        assert "unexpected_error" not in got, (call, got)
+        provider, model = CALLS[call]
+        if is_failed(call):
+            assert got["error"] == "RateLimitError" and got["status_code"] == 429, (call, got)
+        elif provider == "openai":
+            e = mock_openai.MODELS[model]
+            assert (got["model"], got["input_tokens"], got["output_tokens"]) == (
+                e["response_model"], e["input_tokens"], e["output_tokens"]
+            ), (call, got)
+        else:
+            e = mock_anthropic.MODELS[model]
+            for k in ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"):
+                assert got[k] == e[k], (call, k, got)
+            assert got["model"] == e["response_model"]
+        assert len(got["span_ids"]) == run.expected_span_count(call), (call, got["span_ids"])
+    assert len(run.sent_spans()) == 1 + sum(run.expected_span_count(c) for c in CALLS)
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_instrumentation_sent_mock_values(run: Run, call: str):
+    """What the instrumentation put on the span agrees with the mock (or with a known quirk):
+    a failure here is the instrumentation's, not llmtrace's."""
+    provider, model = CALLS[call]
+    for span in run.call_spans(call):
+        a = span["attributes"]
+        m = Mismatches(f"{call} span {span['name']} ({span_source(span)}) sent")
+        m.eq("gen_ai.request.model", a.get("gen_ai.request.model"), model)
+        m.eq("provider", a.get("gen_ai.provider.name") or a.get("gen_ai.system"), provider)
+        m.eq("gen_ai.operation.name", a.get("gen_ai.operation.name"), "chat")
+        tok = expected_tokens(call, span)
+        if tok is None:
+            m.check("gen_ai.usage.input_tokens" not in a, "failed call carries input tokens")
+            m.eq("status", span["status"], "ERROR")
+        else:
+            m.eq("gen_ai.response.model", a.get("gen_ai.response.model"), expected_response_model(call))
+            m.eq("gen_ai.usage.input_tokens (inclusive)", as_int(a.get("gen_ai.usage.input_tokens")), tok.input_tokens)
+            m.eq("gen_ai.usage.output_tokens", as_int(a.get("gen_ai.usage.output_tokens")), tok.output_tokens)
+            cr = as_int(first_attr(a, CACHE_READ_ATTRS))
+            cw = as_int(first_attr(a, CACHE_WRITE_ATTRS))
+            m.check(cr in (None, tok.cache_read), f"cache read sent {cr}, mock {tok.cache_read}")
+            m.check(cw in (None, tok.cache_write), f"cache write sent {cw}, mock {tok.cache_write}")
+            if provider == "anthropic":
+                m.eq("cache read sent", cr, tok.cache_read)
+                m.eq("cache write sent", cw, tok.cache_write)
+        if call in STREAM_CALLS:
+            m.eq("streaming flag", as_bool(first_attr(a, STREAM_ATTRS)), True)
+        m.assert_none()
+
+
+def test_llmtrace_exits_zero_on_sigterm(run: Run):
+    assert run.llmtrace.exit_code == 0, (
+        f"llmtrace exit code after SIGTERM: {run.llmtrace.exit_code} (None = did not exit in time)"
+    )
+
+
+def test_every_sent_span_stored_once(run: Run):
+    assert run.files, f"no Parquet files under {run.llmtrace.data_dir / 'spans'}"
+    assert sorted(r["span_id"] for r in run.rows) == sorted(s["span_id"] for s in run.sent_spans())
+
+
+def test_duplicates_counted_once(run: Run):
+    """Spans of one call with the same gen_ai.response.id: exactly one keeps the LLM facts,
+    the others are stored as non-LLM spans that name it in llmtrace.duplicate_of."""
+    for call in CALLS:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for s in run.call_spans(call):
+            rid = s["attributes"].get("gen_ai.response.id")
+            if rid is not None:
+                groups.setdefault(rid, []).append(s)
+        for rid, spans in groups.items():
+            if len(spans) < 2:
+                continue
+            rows = {s["span_id"]: run.row(s["span_id"]) for s in spans}
+            keepers = [i for i, r in rows.items() if r["is_llm"] is True]
+            assert len(keepers) == 1, (
+                f"{call}: spans {[(s['name'], s['span_id']) for s in spans]} share response id {rid!r}; "
+                f"is_llm rows among them: {keepers}"
+            )
+            for i, r in rows.items():
+                if i == keepers[0]:
+                    continue
+                m = Mismatches(f"{run.name} / {call} / duplicate span {i} of {keepers[0]}")
+                m.eq("is_llm", r["is_llm"], False)
+                m.eq("attributes[llmtrace.duplicate_of]", dict(r["attributes"] or {}).get("llmtrace.duplicate_of"), keepers[0])
+                m.eq("cost_status", r["cost_status"], "not_llm")
+                m.eq("cost_usd", r["cost_usd"], None)
+                for col in ("provider", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+                    m.eq(col, r[col], None)
+                # the raw attributes stay
+                sent = run.sent_by_id()[i]["attributes"]
+                m.eq("attributes[gen_ai.usage.input_tokens]", dict(r["attributes"] or {}).get("gen_ai.usage.input_tokens"),
+                     str(sent["gen_ai.usage.input_tokens"]))
+                m.assert_none()
+
+
+def test_llm_rows_are_the_llm_spans(run: Run):
+    want = sorted(i for c in CALLS for i, dup in run.roles(c).items() if dup is None)
+    got = sorted(r["span_id"] for r in run.rows if r.get("is_llm") is True)
+    by_id = run.sent_by_id()
+    assert got == want, (
+        "is_llm rows differ from the LLM spans sent; extra: "
+        f"{[(by_id.get(i, {}).get('name'), i) for i in set(got) - set(want)]}, missing: "
+        f"{[(by_id[i]['name'], by_id[i]['scope'], i) for i in set(want) - set(got)]}"
+    )
+    root = run.row(run.sent_root()["span_id"])
+    assert root["is_llm"] is False
+    assert root["cost_usd"] is None and root["cost_status"] == "not_llm", (root["cost_usd"], root["cost_status"])
+
+
+# ---------------------------------------------------------------------------
+# one LLM call's row
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_llm_call_row(run: Run, call: str):
+    provider, request_model = CALLS[call]
+    failed = is_failed(call)
+    root_id = run.sent_root()["span_id"]
+    roles = run.roles(call)
+    for sent in run.call_spans(call):
+        if roles[sent["span_id"]] is not None:
+            continue  # a duplicate of the call's LLM row: test_duplicates_counted_once
+        a = sent["attributes"]
+        row = run.row(sent["span_id"])
+        m = Mismatches(f"{run.name} / {call} / span {sent['name']} ({span_source(sent)}) {sent['span_id']}")
+
+        # identity and linkage
+        m.check(bool(HEX32.match(row["trace_id"] or "")), f"trace_id {row['trace_id']!r}")
+        m.eq("trace_id", row["trace_id"], sent["trace_id"])
+        m.eq("parent_span_id", row["parent_span_id"], root_id)
+        m.eq("service_name", row["service_name"], run.service_name)
+        m.eq("span_name", row["span_name"], sent["name"])
+        m.eq("scope_name", row["scope_name"], sent["scope"])
+        m.check("client" in str(row["span_kind"]).lower(), f"span_kind {row['span_kind']!r}")
+        m.check(abs(row["start_time__ns"] - sent["start_time_unix_nano"]) < 1000, "start_time")
+        m.check(abs(row["end_time__ns"] - sent["end_time_unix_nano"]) < 1000, "end_time")
+
+        # LLM facts
+        m.eq("is_llm", row["is_llm"], True)
+        m.eq("provider", row["provider"], provider)
+        m.eq("operation", row["operation"], "chat")
+        m.eq("request_model", row["request_model"], request_model)
+        m.eq("response_id", row["response_id"], a.get("gen_ai.response.id"))
+        tok = expected_tokens(call, sent)
+        if tok is None:
+            m.eq("response_model", row["response_model"], None)
+            m.eq("model", row["model"], request_model)
+            for col in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "total_tokens"):
+                m.eq(col, row[col], None)
+        else:
+            response_model = expected_response_model(call)
+            m.eq("response_model", row["response_model"], response_model)
+            m.eq("model", row["model"], response_model)
+            sent_in = a.get("gen_ai.usage.input_tokens")
+            m.eq("input_tokens", row["input_tokens"], tok.input_tokens,
+                 f"mock: uncached + cache read + cache write; span sent gen_ai.usage.input_tokens={sent_in!r}")
+            m.eq("output_tokens", row["output_tokens"], tok.output_tokens)
+            # cache and reasoning columns: exactly what the span carried (0 stays 0, absent is null)
+            for col, names in (
+                ("cache_read_tokens", CACHE_READ_ATTRS),
+                ("cache_write_tokens", CACHE_WRITE_ATTRS),
+                ("reasoning_tokens", REASONING_ATTRS),
+            ):
+                v = first_attr(a, names)
+                m.eq(col, row[col], as_int(v), f"span sent {[(n, a[n]) for n in names if n in a]}")
+            m.check(row["total_tokens"] in (None, tok.input_tokens + tok.output_tokens),
+                    f"total_tokens: stored {row['total_tokens']!r}, expected null or {tok.input_tokens + tok.output_tokens}")
+
+        # streaming and time to first chunk
+        sent_stream = as_bool(first_attr(a, STREAM_ATTRS))
+        m.eq("streaming", row["streaming"], sent_stream,
+             f"span sent {[(n, a[n]) for n in STREAM_ATTRS if n in a]}")
+        if sent_stream is True:
+            chunks = [e for e in sent["events"] if e["name"] in CHUNK_EVENTS]
+            if a.get("gen_ai.response.time_to_first_chunk") is not None:
+                want_ttft = float(a["gen_ai.response.time_to_first_chunk"]) * 1000.0
+                how = "gen_ai.response.time_to_first_chunk"
+            elif chunks:
+                want_ttft = (chunks[0]["time_unix_nano"] - sent["start_time_unix_nano"]) / 1e6
+                how = f"first {chunks[0]['name']} event"
+            else:
+                want_ttft, how = None, "no TTFT attribute or chunk event sent"
+            if want_ttft is None:
+                m.eq("ttft_ms", row["ttft_ms"], None, how)
+            else:
+                m.check(row["ttft_ms"] is not None and math.isclose(row["ttft_ms"], want_ttft, abs_tol=0.01),
+                        f"ttft_ms: stored {row['ttft_ms']!r}, expected {want_ttft:.3f} from {how}")
+        else:
+            m.eq("ttft_ms", row["ttft_ms"], None, "not a streaming call")
+
+        # status and errors
+        sent_status = harness.otlp_status_to_column(sent["status"])
+        if sent_status == "unset" and a.get("error.type"):
+            sent_status = "error"
+        m.eq("status", row["status"], sent_status)
+        if failed:
+            m.eq("status", row["status"], "error")
+            m.eq("error_type", row["error_type"], "rate_limited",
+                 f"sent error.type={a.get('error.type')!r}, http.response.status_code="
+                 f"{a.get('http.response.status_code')!r}, status description={sent['status_description']!r}")
+            if sent["status_description"]:
+                m.eq("status_message", row["status_message"], sent["status_description"])
+        else:
+            m.check(row["status"] != "error", f"status {row['status']!r} on a successful call")
+            m.eq("error_type", row["error_type"], None)
+            reasons = a.get("gen_ai.response.finish_reasons")
+            if reasons:
+                m.eq("finish_reason", row["finish_reason"], reasons[0])
+
+        # raw attributes kept
+        attrs = dict(row["attributes"] or {})
+        m.eq("attributes[gen_ai.provider.name]", attrs.get("gen_ai.provider.name"), a.get("gen_ai.provider.name"))
+        m.eq("attributes[gen_ai.usage.input_tokens]", attrs.get("gen_ai.usage.input_tokens"),
+             None if "gen_ai.usage.input_tokens" not in a else str(a["gen_ai.usage.input_tokens"]))
+        m.assert_none()
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_llm_call_cost(run: Run, call: str):
+    """Priced rows cost what the price book entry and the mock's token counts say (decimal
+    arithmetic, docs/price-book.md); models the book does not know stay unpriced (null, never 0)."""
+    provider, request_model = CALLS[call]
+    response_model = expected_response_model(call)
+    matched, book_version = price_entry(provider, response_model, request_model)
+    roles = run.roles(call)
+    for sent in run.call_spans(call):
+        if roles[sent["span_id"]] is not None:
+            continue  # a duplicate: not_llm, checked in test_duplicates_counted_once
+        row = run.row(sent["span_id"])
+        what = f"{run.name} / {call} / {sent['name']} ({span_source(sent)}), model {row['model']!r}"
+        tok = expected_tokens(call, sent)
+        if matched is None:
+            assert row["cost_usd"] is None and row["cost_status"] == "unpriced" and row["price_id"] is None, (
+                f"{what}: the price book knows no such model, stored cost_usd={row['cost_usd']!r} "
+                f"cost_status={row['cost_status']!r}"
+            )
+            continue
+        if tok is None:
+            # A failed call that reported no usage was not billed: priced at 0 (known price).
+            assert row["cost_status"] == "priced" and row["cost_usd"] == 0.0, (
+                f"{what}: failed call without usage, stored cost_usd={row['cost_usd']!r} "
+                f"cost_status={row['cost_status']!r}"
+            )
+            continue
+        want = expected_cost(matched, tok)
+        assert row["cost_status"] == "priced", (
+            f"{what}: price entry {matched['id']} matched, stored cost_status={row['cost_status']!r} "
+            f"cost_usd={row['cost_usd']!r} (expected {want})"
+        )
+        assert row["cost_usd"] is not None and math.isclose(row["cost_usd"], float(want), rel_tol=1e-9, abs_tol=1e-15), (
+            f"{what}: cost_usd stored {row['cost_usd']!r}, expected {want} from {matched['id']} "
+            f"prices {matched['prices']} and tokens {tok}"
+        )
+        assert row["price_id"] == matched["id"], (what, row["price_id"], matched["id"])
+        assert row["price_version"] == book_version, (what, row["price_version"], book_version)
