@@ -69,6 +69,48 @@ pub struct PriceBook {
     pub(crate) exact: HashMap<String, Vec<usize>>,
     /// Alias name (lower-cased) -> entry id.
     pub(crate) aliases: HashMap<String, String>,
+    /// Lookups already made: model names are few, spans are many.
+    pub(crate) memo: Memo,
+}
+
+/// (response model, request model, provider) -> entry index and the name it
+/// matched, remembered across lookups. Bounded: cleared when full.
+#[derive(Default)]
+pub(crate) struct Memo(std::sync::RwLock<HashMap<MemoKey, Option<usize>>>);
+
+pub(crate) type MemoKey = (Option<String>, Option<String>, Option<String>);
+
+/// Distinct lookups remembered before the memo starts over.
+const MEMO_ENTRIES: usize = 10_000;
+
+impl Memo {
+    pub(crate) fn get(&self, key: &MemoKey) -> Option<Option<usize>> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    pub(crate) fn put(&self, key: MemoKey, value: Option<usize>) {
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MEMO_ENTRIES {
+            map.clear();
+        }
+        map.insert(key, value);
+    }
+}
+
+impl Clone for Memo {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
 }
 
 // ---- file format ---------------------------------------------------------

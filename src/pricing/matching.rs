@@ -34,6 +34,8 @@ impl Step {
 #[derive(Clone, Debug)]
 pub struct Match<'a> {
     pub entry: &'a Entry,
+    /// Position of `entry` in the book.
+    pub index: usize,
     /// The name as it was matched (after normalisation).
     pub name: String,
     pub step: Step,
@@ -101,23 +103,24 @@ fn normalised(name: &str) -> Vec<String> {
 
 impl PriceBook {
     /// Best entry for `name`, preferring one priced for `provider`.
-    fn pick<'a>(&'a self, indices: &[usize], provider: Option<&str>) -> Option<&'a Entry> {
-        let entries = indices.iter().map(|&i| &self.entries[i]);
-        let hosted = |e: &&Entry| provider.is_some_and(|p| e.hosts.iter().any(|h| h == p));
-        entries
-            .clone()
+    fn pick(&self, indices: &[usize], provider: Option<&str>) -> Option<usize> {
+        let hosts = |i: &usize| &self.entries[*i].hosts;
+        let hosted = |i: &&usize| provider.is_some_and(|p| hosts(i).iter().any(|h| h == p));
+        indices
+            .iter()
             .find(hosted)
-            .or_else(|| entries.clone().find(|e| e.hosts.is_empty()))
-            .or_else(|| entries.clone().next())
+            .or_else(|| indices.iter().find(|i| hosts(i).is_empty()))
+            .or_else(|| indices.first())
+            .copied()
     }
 
-    fn exact_match(&self, name: &str, provider: Option<&str>) -> Option<&Entry> {
+    fn exact_match(&self, name: &str, provider: Option<&str>) -> Option<usize> {
         self.exact
             .get(name)
             .and_then(|indices| self.pick(indices, provider))
     }
 
-    fn rule_match(&self, name: &str, provider: Option<&str>) -> Option<(&Entry, Step)> {
+    fn rule_match(&self, name: &str, provider: Option<&str>) -> Option<(usize, Step)> {
         let regex: Vec<usize> = (0..self.entries.len())
             .filter(|&i| self.entries[i].regex.iter().any(|r| r.is_match(name)))
             .collect();
@@ -149,9 +152,10 @@ impl PriceBook {
             .map(|m| m.trim().to_lowercase())
             .filter(|m| !m.is_empty())
             .collect();
-        let found = |entry, name: &str, step| {
+        let found = |index: usize, name: &str, step| {
             Some(Match {
-                entry,
+                entry: &self.entries[index],
+                index,
                 name: name.to_owned(),
                 step,
             })
@@ -163,8 +167,9 @@ impl PriceBook {
             }
         }
         for n in &names {
-            if let Some(e) = self.aliases.get(n).and_then(|id| self.entry_by_id(id)) {
-                return found(e, n, Step::Alias);
+            let alias = self.aliases.get(n);
+            if let Some(i) = alias.and_then(|id| self.entries.iter().position(|e| &e.id == id)) {
+                return found(i, n, Step::Alias);
             }
         }
         // 2. routing prefixes stripped: exact, then regex and prefix clauses.

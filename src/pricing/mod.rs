@@ -168,6 +168,27 @@ impl PriceBook {
         Ok(base.layered(top))
     }
 
+    /// The entry pricing `llm`'s model, remembered per model names and provider.
+    fn entry_for(&self, llm: &LlmFacts) -> Option<&book::Entry> {
+        let key = (
+            llm.response_model.clone(),
+            llm.request_model.clone(),
+            llm.provider.clone(),
+        );
+        if let Some(hit) = self.memo.get(&key) {
+            return hit.map(|i| &self.entries[i]);
+        }
+        let models: Vec<&str> = [llm.response_model.as_deref(), llm.request_model.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let index = self
+            .lookup(&models, llm.provider.as_deref())
+            .map(|m| m.index);
+        self.memo.put(key, index);
+        index.map(|i| &self.entries[i])
+    }
+
     /// Prices one call. `start_unix_nano` picks the price row in force.
     pub fn price(&self, llm: &LlmFacts, status: SpanStatus, start_unix_nano: i64) -> Cost {
         let reported = |status| Cost {
@@ -183,17 +204,12 @@ impl PriceBook {
                 price_id: None,
             };
         }
-        let models: Vec<&str> = [llm.response_model.as_deref(), llm.request_model.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect();
-        let Some(found) = self.lookup(&models, llm.provider.as_deref()) else {
+        let Some(entry) = self.entry_for(llm) else {
             return match llm.reported_cost_usd {
                 Some(_) => reported(CostStatus::Reported),
                 None => reported(CostStatus::Unpriced),
             };
         };
-        let entry = found.entry;
         let at = start_unix_nano.div_euclid(1_000_000_000);
         let priced = |usd: Option<f64>| Cost {
             usd,

@@ -177,14 +177,18 @@ def expected_cost(matched: dict[str, Any], tok: Expected) -> Decimal:
     for t in tiers:
         if tok.input_tokens > t["input_tokens_gt"]:
             prices = {k: (t["prices"].get(k) if t["prices"].get(k) is not None else base.get(k)) for k in base}
-    p_in = _d(prices["input"])
-    p_out = _d(prices["output"])
-    p_cr = _d(prices.get("cache_read")) or p_in  # absent: billed as input
-    p_cw = _d(prices.get("cache_write")) or p_in  # absent: billed as input
-    p_rs = _d(prices.get("reasoning")) or p_out  # absent: billed as output
+    def price(name: str, fallback: Decimal | None = None) -> Decimal:
+        v = _d(prices.get(name))
+        return fallback if v is None else v  # "0" is a price (free), only absent falls back
+
+    p_in = price("input")
+    p_out = price("output")
+    p_cr = price("cache_read", p_in)  # absent: billed as input
+    p_cw = price("cache_write", p_in)  # absent: billed as input
+    p_cw1h = price("cache_write_1h", p_cw)  # absent: billed as cache_write
+    p_rs = price("reasoning", p_out)  # absent: billed as output
     uncached = tok.input_tokens - tok.cache_read - tok.cache_write
     cw_5m, cw_1h = tok.cache_write, 0  # the mock's writes are all 5-minute ones
-    p_cw1h = _d(prices.get("cache_write_1h")) or p_cw
     total = (
         uncached * p_in
         + tok.cache_read * p_cr
@@ -449,6 +453,7 @@ def test_llm_call_row(run: Run, call: str):
 
         # identity and linkage
         m.check(bool(HEX32.match(row["trace_id"] or "")), f"trace_id {row['trace_id']!r}")
+        m.check(bool(HEX16.match(row["span_id"] or "")), f"span_id {row['span_id']!r}")
         m.eq("trace_id", row["trace_id"], sent["trace_id"])
         m.eq("parent_span_id", row["parent_span_id"], root_id)
         m.eq("service_name", row["service_name"], run.service_name)
