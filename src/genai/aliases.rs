@@ -198,6 +198,7 @@ pub(crate) const ALIASES: &[(&str, Fact)] = &[
     ("ai.response.finishReason", FinishReasons),
     ("gen_ai.completion.0.finish_reason", FinishReasons),
     ("llm.completions.0.finish_reason", FinishReasons),
+    ("anthropic.message.stop_reason", FinishReasons),
     // 28. Response id.
     ("gen_ai.response.id", ResponseId),
     ("ai.response.id", ResponseId),
