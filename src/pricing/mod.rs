@@ -16,7 +16,7 @@ pub use book::PriceBook;
 use crate::genai::{LlmFacts, SpanStatus};
 
 /// The book shipped in the binary.
-pub const DEFAULT_BOOK: &str = include_str!("test_prices.toml"); // SWITCH-TO-DEFAULT
+pub const DEFAULT_BOOK: &str = include_str!("default_prices.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum PricingError {
@@ -284,6 +284,55 @@ mod tests {
 
     fn close(a: f64, b: f64) {
         assert!((a - b).abs() < 1e-12, "{a} != {b}");
+    }
+
+    #[test]
+    fn shipped_book_covers_the_vendors_with_dated_prices() {
+        let b = PriceBook::default_book();
+        assert!(b.entries.len() >= 60, "{} entries", b.entries.len());
+        for vendor in [
+            "openai",
+            "anthropic",
+            "google",
+            "mistral_ai",
+            "deepseek",
+            "x_ai",
+        ] {
+            assert!(b.entries.iter().any(|e| e.vendor == vendor), "{vendor}");
+        }
+        for e in &b.entries {
+            assert!(
+                e.checked.is_some() && e.source.is_some(),
+                "{} has checked and source",
+                e.id
+            );
+        }
+        for (name, provider, want) in [
+            ("gpt-4o-2024-08-06", "openai", "openai/gpt-4o"),
+            ("gpt-4o-2024-05-13", "openai", "openai/gpt-4o-2024-05-13"),
+            (
+                "claude-sonnet-4-5-20250929",
+                "anthropic",
+                "anthropic/claude-sonnet-4-5",
+            ),
+            (
+                "claude-sonnet-4-5@20250929",
+                "gcp.vertex_ai",
+                "anthropic/claude-sonnet-4-5",
+            ),
+            ("gemini-2.5-flash", "gcp.gemini", "google/gemini-2.5-flash"),
+            ("deepseek-chat", "deepseek", "deepseek/deepseek-chat"),
+            ("grok-3-mini", "x_ai", "x_ai/grok-3-mini"),
+        ] {
+            let m = b.lookup(&[name], Some(provider));
+            assert_eq!(m.map(|m| m.entry.id.as_str()), Some(want), "{name}");
+        }
+        assert!(b
+            .lookup(
+                &["us.anthropic.claude-sonnet-4-5-20250929-v1:0"],
+                Some("aws.bedrock")
+            )
+            .is_some());
     }
 
     #[test]
