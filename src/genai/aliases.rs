@@ -24,6 +24,8 @@ pub(crate) enum Fact {
     // Facts.
     Provider,
     RequestModel,
+    /// Read after the JSON invocation parameters.
+    RequestModelFallback,
     ResponseModel,
     InputTokens,
     OutputTokens,
@@ -43,6 +45,9 @@ pub(crate) enum Fact {
     FinishReasons,
     ResponseId,
     ErrorType,
+    /// Langfuse observation level (`ERROR` marks a failure).
+    Level,
+    StatusMessage,
     HttpStatus,
     PromptName,
     PromptVersion,
@@ -88,8 +93,9 @@ pub(crate) const ALIASES: &[(&str, Fact)] = &[
     ("embedding.model_name", RequestModel),
     ("reranker.model_name", RequestModel),
     ("langsmith.metadata.ls_model_name", RequestModel),
-    ("model", RequestModel),
-    ("llm.model_name", RequestModel),
+    // (then OpenInference's llm.invocation_parameters JSON `model`)
+    ("model", RequestModelFallback),
+    ("llm.model_name", RequestModelFallback),
     // 5. Response model.
     ("gen_ai.response.model", ResponseModel),
     ("llm.response.model_name", ResponseModel),
@@ -188,6 +194,8 @@ pub(crate) const ALIASES: &[(&str, Fact)] = &[
     ("langsmith.request.streaming", Streaming),
     // 17. Errors.
     ("error.type", ErrorType),
+    ("langfuse.observation.level", Level),
+    ("langfuse.observation.status_message", StatusMessage),
     ("http.response.status_code", HttpStatus),
     ("http.status_code", HttpStatus),
     ("error.code", HttpStatus),

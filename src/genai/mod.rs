@@ -226,10 +226,21 @@ fn status_and_error(span: &Span, attrs: &Candidates) -> (SpanStatus, Option<&'st
         _ => SpanStatus::Unset,
     };
     let error_attr = attrs.string(Fact::ErrorType);
-    // `error.type` on an unset span still means the operation failed (semconv
-    // sets it only on failure); an explicit OK wins.
+    // An unset span still failed if it says so another way (row 16):
+    // `error.type` (semconv sets it only on failure), Langfuse's ERROR level,
+    // an exception event, an HTTP error status. An explicit OK wins.
+    let failed_otherwise = || {
+        error_attr.is_some()
+            || attrs
+                .string(Fact::Level)
+                .is_some_and(|l| l.eq_ignore_ascii_case("error"))
+            || span.events.iter().any(|e| e.name == "exception")
+            || attrs
+                .count(Fact::HttpStatus)
+                .is_some_and(|c| (400..600).contains(&c))
+    };
     let status = match declared {
-        SpanStatus::Unset if error_attr.is_some() => SpanStatus::Error,
+        SpanStatus::Unset if failed_otherwise() => SpanStatus::Error,
         s => s,
     };
     if status != SpanStatus::Error {
@@ -254,11 +265,11 @@ fn status_and_error(span: &Span, attrs: &Candidates) -> (SpanStatus, Option<&'st
                 .and_then(error_class::from_http_status)
         })
         .or_else(|| {
-            span.status
-                .as_ref()
-                .map(|s| s.message.as_str())
+            attrs
+                .string(Fact::StatusMessage)
+                .or_else(|| span.status.as_ref().map(|s| s.message.clone()))
                 .filter(|m| !m.is_empty())
-                .map(error_class::classify)
+                .map(|m| error_class::classify(&m))
         })
         .unwrap_or(error_class::OTHER);
     (status, Some(class))
@@ -334,9 +345,10 @@ fn classify(attrs: &Candidates) -> Kind {
 }
 
 fn llm_facts(span: &Span, attrs: &Candidates, scope: Option<&str>) -> Option<LlmFacts> {
-    let request_model = attrs.string(Fact::RequestModel).or_else(|| {
-        invocation_parameter(span, "model").and_then(|v| v.as_str().map(str::to_owned))
-    });
+    let request_model = attrs
+        .string(Fact::RequestModel)
+        .or_else(|| invocation_parameter(span, "model").and_then(|v| v.as_str().map(str::to_owned)))
+        .or_else(|| attrs.string(Fact::RequestModelFallback));
     let response_model = attrs.string(Fact::ResponseModel);
     let provider = provider(attrs, request_model.as_deref(), response_model.as_deref());
     let usage = usage::read(attrs, &span.attributes, scope, provider.as_deref());
@@ -398,7 +410,11 @@ fn llm_facts(span: &Span, attrs: &Candidates, scope: Option<&str>) -> Option<Llm
             .and_then(|d| d.get("total").and_then(serde_json::Value::as_f64))
             .or_else(|| attrs.first(Fact::ReportedCostUsd, value::as_f64))
             .filter(|c| *c >= 0.0),
-        response_id: attrs.string(Fact::ResponseId),
+        response_id: attrs.string(Fact::ResponseId).or_else(|| {
+            // OpenInference keeps the provider response only in `output.value`.
+            value::json_attr(&span.attributes, "output.value")
+                .and_then(|d| d.get("id")?.as_str().map(str::to_owned))
+        }),
         service_tier: attrs
             .string(Fact::ServiceTier)
             .map(|t| t.to_ascii_lowercase())
@@ -728,8 +744,8 @@ mod tests {
         assert_eq!(llm.operation.as_deref(), Some("chat"));
         assert_eq!(
             llm.request_model.as_deref(),
-            Some("gpt-4o-2024-08-06"),
-            "llm.model_name is the last request fallback"
+            Some("gpt-4o"),
+            "invocation parameters before llm.model_name"
         );
         assert_eq!(llm.model(), Some("gpt-4o-2024-08-06"));
         assert_eq!(llm.streaming, Some(true), "from invocation parameters");

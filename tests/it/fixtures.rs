@@ -19,7 +19,8 @@ fn fixtures() -> Vec<(String, Value)> {
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
-            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let v: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             (p.file_name().unwrap().to_string_lossy().into_owned(), v)
         })
         .collect();
@@ -61,7 +62,8 @@ fn stored(row: &Row, column: &str) -> Value {
 fn same(want: &Value, got: &Value) -> bool {
     match (want, got) {
         (Value::Number(w), Value::Number(g)) => {
-            (w.as_f64().unwrap() - g.as_f64().unwrap()).abs() <= 1e-6 * w.as_f64().unwrap().abs().max(1.0)
+            (w.as_f64().unwrap() - g.as_f64().unwrap()).abs()
+                <= 1e-6 * w.as_f64().unwrap().abs().max(1.0)
         }
         _ => want == got,
     }
@@ -95,15 +97,25 @@ async fn every_dialect_yields_its_facts() {
             .iter()
             .filter(|r| traces.contains(r.s("trace_id").unwrap()))
             .collect();
-        for expect in fixture["expect"].as_array().unwrap_or_else(|| panic!("{name}: expect list")) {
+        for expect in fixture["expect"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: expect list"))
+        {
             let span_name = expect["span_name"].as_str().unwrap();
             let matching: Vec<&&Row> = mine
                 .iter()
                 .filter(|r| r.s("span_name") == Some(span_name))
-                .filter(|r| expect.get("span_id").is_none_or(|id| r.s("span_id") == id.as_str()))
+                .filter(|r| {
+                    expect
+                        .get("span_id")
+                        .is_none_or(|id| r.s("span_id") == id.as_str())
+                })
                 .collect();
             if matching.len() != 1 {
-                failures.push(format!("{name}: {} rows for span {span_name:?}", matching.len()));
+                failures.push(format!(
+                    "{name}: {} rows for span {span_name:?}",
+                    matching.len()
+                ));
                 continue;
             }
             let row = matching[0];
@@ -116,10 +128,17 @@ async fn every_dialect_yields_its_facts() {
             for (column, want) in checks {
                 let got = stored(row, column);
                 if !same(want, &got) {
-                    failures.push(format!("{name}: {span_name}.{column}: expected {want}, stored {got}"));
+                    failures.push(format!(
+                        "{name}: {span_name}.{column}: expected {want}, stored {got}"
+                    ));
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

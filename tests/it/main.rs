@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per behaviour.
 
 mod bad_input;
+mod fixtures;
 mod loadgen;
 mod otlp_json;
 mod sdk_exporters;
