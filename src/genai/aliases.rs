@@ -57,6 +57,17 @@ pub(crate) enum Fact {
     ServerAddress,
     ServiceTier,
     ResponseCacheHit,
+    // JSON documents inside string attributes, parsed only when needed.
+    DocUsageDetails,
+    DocUsageRaw,
+    DocInputTokenDetails,
+    DocOutputTokenDetails,
+    DocProviderMetadata,
+    DocInvocationParameters,
+    DocCostDetails,
+    DocLangfusePrompt,
+    DocModelParameters,
+    DocOutputValue,
 }
 
 use Fact::*;
@@ -272,6 +283,17 @@ pub(crate) const ALIASES: &[(&str, Fact)] = &[
     ("gen_ai.openai.response.service_tier", ServiceTier),
     ("gen_ai.openai.request.service_tier", ServiceTier),
     ("gen_ai.response.service_tier", ServiceTier),
+    // JSON documents.
+    ("langfuse.observation.usage_details", DocUsageDetails),
+    ("gen_ai.usage.raw", DocUsageRaw),
+    ("gen_ai.usage.input_token_details", DocInputTokenDetails),
+    ("gen_ai.usage.output_token_details", DocOutputTokenDetails),
+    ("ai.response.providerMetadata", DocProviderMetadata),
+    ("llm.invocation_parameters", DocInvocationParameters),
+    ("langfuse.observation.cost_details", DocCostDetails),
+    ("ai.telemetry.metadata.langfusePrompt", DocLangfusePrompt),
+    ("langfuse.observation.model.parameters", DocModelParameters),
+    ("output.value", DocOutputValue),
 ];
 
 /// Attribute key -> every (fact, priority) it feeds; lower priority wins.

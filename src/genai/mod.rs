@@ -189,6 +189,11 @@ impl<'a> Candidates<'a> {
         self.first(fact, value::as_count)
     }
 
+    /// The JSON document of the first candidate of `fact` that parses.
+    fn json(&self, fact: Fact) -> Option<serde_json::Value> {
+        self.first(fact, value::json_doc)
+    }
+
     fn has(&self, fact: Fact) -> bool {
         self.found.iter().any(|(f, _, _)| *f == fact)
     }
@@ -345,13 +350,15 @@ fn classify(attrs: &Candidates) -> Kind {
 }
 
 fn llm_facts(span: &Span, attrs: &Candidates, scope: Option<&str>) -> Option<LlmFacts> {
+    let invocation = attrs.json(Fact::DocInvocationParameters);
+    let invocation_parameter = |key: &str| invocation.as_ref().and_then(|d| d.get(key));
     let request_model = attrs
         .string(Fact::RequestModel)
-        .or_else(|| invocation_parameter(span, "model").and_then(|v| v.as_str().map(str::to_owned)))
+        .or_else(|| invocation_parameter("model").and_then(|v| v.as_str().map(str::to_owned)))
         .or_else(|| attrs.string(Fact::RequestModelFallback));
     let response_model = attrs.string(Fact::ResponseModel);
     let provider = provider(attrs, request_model.as_deref(), response_model.as_deref());
-    let usage = usage::read(attrs, &span.attributes, scope, provider.as_deref());
+    let usage = usage::read(attrs, scope, provider.as_deref());
     let operation = match classify(attrs) {
         Kind::NotLlm => return None,
         Kind::Llm(op) => op,
@@ -373,7 +380,7 @@ fn llm_facts(span: &Span, attrs: &Candidates, scope: Option<&str>) -> Option<Llm
 
     let streaming = attrs
         .first(Fact::Streaming, value::as_bool)
-        .or_else(|| invocation_parameter(span, "stream").and_then(|v| v.as_bool()))
+        .or_else(|| invocation_parameter("stream").and_then(|v| v.as_bool()))
         .or_else(|| {
             attrs
                 .string(Fact::AiOperationId)
@@ -398,45 +405,41 @@ fn llm_facts(span: &Span, attrs: &Candidates, scope: Option<&str>) -> Option<Llm
         finish_reason: attrs.first(Fact::FinishReasons, value::first_of_list),
         prompt_name: attrs
             .string(Fact::PromptName)
-            .or_else(|| langfuse_prompt(span, "name")),
+            .or_else(|| langfuse_prompt(attrs, "name")),
         prompt_version: attrs
             .first(Fact::PromptVersion, |v| {
                 value::as_str(v)
                     .map(str::to_owned)
                     .or_else(|| value::as_count(v).map(|n| n.to_string()))
             })
-            .or_else(|| langfuse_prompt(span, "version")),
-        reported_cost_usd: value::json_attr(&span.attributes, "langfuse.observation.cost_details")
+            .or_else(|| langfuse_prompt(attrs, "version")),
+        reported_cost_usd: attrs
+            .json(Fact::DocCostDetails)
             .and_then(|d| d.get("total").and_then(serde_json::Value::as_f64))
             .or_else(|| attrs.first(Fact::ReportedCostUsd, value::as_f64))
             .filter(|c| *c >= 0.0),
         response_id: attrs.string(Fact::ResponseId).or_else(|| {
             // OpenInference keeps the provider response only in `output.value`.
-            value::json_attr(&span.attributes, "output.value")
+            attrs
+                .json(Fact::DocOutputValue)
                 .and_then(|d| d.get("id")?.as_str().map(str::to_owned))
         }),
         service_tier: attrs
             .string(Fact::ServiceTier)
             .map(|t| t.to_ascii_lowercase())
             .or_else(|| {
-                value::json_attr(&span.attributes, "langfuse.observation.model.parameters")
+                attrs
+                    .json(Fact::DocModelParameters)
                     .and_then(|d| d.get("service_tier")?.as_str().map(str::to_owned))
             }),
         response_cache_hit: attrs.first(Fact::ResponseCacheHit, value::as_bool),
     })
 }
 
-/// A field of OpenInference's `llm.invocation_parameters` JSON.
-fn invocation_parameter(span: &Span, key: &str) -> Option<serde_json::Value> {
-    value::json_attr(&span.attributes, "llm.invocation_parameters")?
-        .get(key)
-        .cloned()
-}
-
 /// A field of the Vercel AI SDK's Langfuse prompt link
 /// (`ai.telemetry.metadata.langfusePrompt`).
-fn langfuse_prompt(span: &Span, key: &str) -> Option<String> {
-    let doc = value::json_attr(&span.attributes, "ai.telemetry.metadata.langfusePrompt")?;
+fn langfuse_prompt(attrs: &Candidates, key: &str) -> Option<String> {
+    let doc = attrs.json(Fact::DocLangfusePrompt)?;
     match doc.get(key)? {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),

@@ -3,11 +3,9 @@
 //! `gen_ai.usage.raw`, LangSmith token details, Vercel provider metadata),
 //! then the inclusive/exclusive rules of genai-attributes.md 5.4.
 
-use opentelemetry_proto::tonic::common::v1::KeyValue;
 use serde_json::Value;
 
 use super::aliases::Fact;
-use super::value::json_attr;
 use super::{Candidates, Tokens};
 
 fn count(v: Option<&Value>) -> Option<u64> {
@@ -39,12 +37,7 @@ pub(crate) struct RawUsage {
     pub exclusive_input: bool,
 }
 
-pub(crate) fn read(
-    attrs: &Candidates,
-    raw_attrs: &[KeyValue],
-    scope: Option<&str>,
-    provider: Option<&str>,
-) -> RawUsage {
+pub(crate) fn read(attrs: &Candidates, scope: Option<&str>, provider: Option<&str>) -> RawUsage {
     let mut t = Tokens {
         input: attrs.count(Fact::InputTokens),
         output: attrs.count(Fact::OutputTokens),
@@ -60,16 +53,16 @@ pub(crate) fn read(
         scope.is_some_and(|s| s.starts_with("openlit")) && provider == Some("anthropic");
 
     // LangSmith: details as JSON strings.
-    if let Some(d) = json_attr(raw_attrs, "gen_ai.usage.input_token_details") {
+    if let Some(d) = attrs.json(Fact::DocInputTokenDetails) {
         t.cache_read = t.cache_read.or(first(&d, &["cache_read"]));
         t.cache_write = t.cache_write.or(first(&d, &["cache_creation"]));
     }
-    if let Some(d) = json_attr(raw_attrs, "gen_ai.usage.output_token_details") {
+    if let Some(d) = attrs.json(Fact::DocOutputTokenDetails) {
         t.reasoning = t.reasoning.or(first(&d, &["reasoning"]));
     }
 
     // Langfuse usage_details: disjoint buckets, `input` is uncached.
-    if let Some(d) = json_attr(raw_attrs, "langfuse.observation.usage_details") {
+    if let Some(d) = attrs.json(Fact::DocUsageDetails) {
         if t.input.is_none() {
             if let Some(i) = first(&d, &["input"]) {
                 t.input = Some(i);
@@ -122,7 +115,7 @@ pub(crate) fn read(
     }
 
     // Vercel AI SDK provider metadata.
-    if let Some(d) = json_attr(raw_attrs, "ai.response.providerMetadata") {
+    if let Some(d) = attrs.json(Fact::DocProviderMetadata) {
         t.cache_read = t.cache_read.or(first(
             &d,
             &[
@@ -148,7 +141,7 @@ pub(crate) fn read(
     }
 
     // Logfire / Pydantic AI: the provider's raw usage object.
-    if let Some(d) = json_attr(raw_attrs, "gen_ai.usage.raw") {
+    if let Some(d) = attrs.json(Fact::DocUsageRaw) {
         let anthropic_style = d.get("cache_read_input_tokens").is_some()
             || d.get("cache_creation_input_tokens").is_some();
         if t.input.is_none() {

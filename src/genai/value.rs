@@ -5,7 +5,7 @@
 //! or JSON strings. Each accessor accepts every spelling it can read
 //! unambiguously and answers `None` for the rest, so a bad value reads as absent.
 
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue};
 
 pub(crate) fn as_str(v: &AnyValue) -> Option<&str> {
     match v.value.as_ref()? {
@@ -79,15 +79,10 @@ pub(crate) fn first_of_list(v: &AnyValue) -> Option<String> {
     }
 }
 
-/// The JSON document in the string attribute `key` (parsed twice when a
-/// producer JSON-encoded a JSON string), if it is an object.
-pub(crate) fn json_attr(attrs: &[KeyValue], key: &str) -> Option<serde_json::Value> {
-    let s = attrs
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(as_str)?;
-    match serde_json::from_str::<serde_json::Value>(s).ok()? {
+/// The JSON object in a string attribute value (parsed twice when a
+/// producer JSON-encoded a JSON string).
+pub(crate) fn json_doc(v: &AnyValue) -> Option<serde_json::Value> {
+    match serde_json::from_str::<serde_json::Value>(as_str(v)?).ok()? {
         serde_json::Value::String(inner) => serde_json::from_str(&inner).ok(),
         v @ serde_json::Value::Object(_) => Some(v),
         _ => None,

@@ -73,10 +73,14 @@ pub struct PriceBook {
     pub(crate) memo: Memo,
 }
 
-/// (response model, request model, provider) -> entry index and the name it
-/// matched, remembered across lookups. Bounded: cleared when full.
+/// (response model, request model, provider) -> entry index, remembered
+/// across lookups, keyed by hash so a hit allocates nothing. Bounded: cleared
+/// when full.
 #[derive(Default)]
-pub(crate) struct Memo(std::sync::RwLock<HashMap<MemoKey, Option<usize>>>);
+pub(crate) struct Memo(
+    std::sync::RwLock<HashMap<u64, (MemoKey, Option<usize>)>>,
+    ahash::RandomState,
+);
 
 pub(crate) type MemoKey = (Option<String>, Option<String>, Option<String>);
 
@@ -84,20 +88,37 @@ pub(crate) type MemoKey = (Option<String>, Option<String>, Option<String>);
 const MEMO_ENTRIES: usize = 10_000;
 
 impl Memo {
-    pub(crate) fn get(&self, key: &MemoKey) -> Option<Option<usize>> {
-        self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .copied()
+    pub(crate) fn get(
+        &self,
+        key: (Option<&str>, Option<&str>, Option<&str>),
+    ) -> Option<Option<usize>> {
+        let hash = self.1.hash_one(key);
+        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let (stored, value) = map.get(&hash)?;
+        let same = (
+            stored.0.as_deref(),
+            stored.1.as_deref(),
+            stored.2.as_deref(),
+        ) == key;
+        same.then_some(*value)
     }
 
-    pub(crate) fn put(&self, key: MemoKey, value: Option<usize>) {
+    pub(crate) fn put(
+        &self,
+        key: (Option<&str>, Option<&str>, Option<&str>),
+        value: Option<usize>,
+    ) {
+        let hash = self.1.hash_one(key);
+        let owned = (
+            key.0.map(str::to_owned),
+            key.1.map(str::to_owned),
+            key.2.map(str::to_owned),
+        );
         let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MEMO_ENTRIES {
             map.clear();
         }
-        map.insert(key, value);
+        map.insert(hash, (owned, value));
     }
 }
 

@@ -171,11 +171,11 @@ impl PriceBook {
     /// The entry pricing `llm`'s model, remembered per model names and provider.
     fn entry_for(&self, llm: &LlmFacts) -> Option<&book::Entry> {
         let key = (
-            llm.response_model.clone(),
-            llm.request_model.clone(),
-            llm.provider.clone(),
+            llm.response_model.as_deref(),
+            llm.request_model.as_deref(),
+            llm.provider.as_deref(),
         );
-        if let Some(hit) = self.memo.get(&key) {
+        if let Some(hit) = self.memo.get(key) {
             return hit.map(|i| &self.entries[i]);
         }
         let models: Vec<&str> = [llm.response_model.as_deref(), llm.request_model.as_deref()]
