@@ -13,6 +13,8 @@ use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValu
 use prost::Message;
 use serde_json::{json, Map};
 
+use crate::record::hex;
+
 use super::rng::mix;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,10 +219,6 @@ fn json_patches(body: &[u8]) -> Vec<(usize, Field)> {
         }
     }
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn any_json(v: &AnyValue) -> serde_json::Value {

@@ -22,6 +22,8 @@ use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span, Status,
 };
 
+use crate::record::hex;
+
 use super::rng::Rng;
 
 /// Attribute dialect, by the instrumentation library a service uses.
@@ -364,10 +366,6 @@ fn strings(key: &str, vs: &[&str]) -> KeyValue {
         })
         .collect();
     kv(key, Value::ArrayValue(ArrayValue { values }))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What one LLM call did, before it is spelled in a dialect.

@@ -4,16 +4,17 @@
 
 use std::io::Write;
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use flate2::{write::GzEncoder, Compression};
 use llmtrace::config::ByteSize;
+use llmtrace::loadgen::send::{RawCodec, EXPORT_PATH};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::CompressionEncoding;
 use tonic::Code;
 
 use crate::support::{now_nanos, TestServer};
@@ -341,47 +342,6 @@ async fn oversized_and_deep_attribute_values_are_cut_not_rejected() {
     assert!(rows[0].attributes["deep"].contains("nested too deep"));
 }
 
-/// Sends raw bytes as the Export request body, so the server sees exactly
-/// what a broken client would send.
-#[derive(Default)]
-struct RawCodec;
-
-struct RawEncoder;
-
-impl Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = ExportTraceServiceResponse;
-    type Encoder = RawEncoder;
-    type Decoder = ResponseDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> ResponseDecoder {
-        ResponseDecoder
-    }
-}
-
-struct ResponseDecoder;
-
-impl Decoder for ResponseDecoder {
-    type Item = ExportTraceServiceResponse;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
-        ExportTraceServiceResponse::decode(src)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
-    }
-}
-
 async fn grpc_export(
     server: &TestServer,
     body: Vec<u8>,
@@ -400,9 +360,7 @@ async fn grpc_export(
     client
         .unary(
             tonic::Request::new(Bytes::from(body)),
-            "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-                .parse()
-                .unwrap(),
+            EXPORT_PATH.parse().unwrap(),
             RawCodec,
         )
         .await
