@@ -276,40 +276,10 @@ fn append_map(builder: &mut StringMapBuilder, pairs: &[(String, String)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::genai::{SpanFacts, SpanStatus};
-    use crate::record::CostStatus;
     use arrow::array::{Array, AsArray};
 
     fn record() -> SpanRecord {
-        SpanRecord {
-            trace_id: [0xab; 16],
-            span_id: [0x01; 8],
-            parent_span_id: None,
-            trace_state: None,
-            start_unix_nano: 1_700_000_000_000_000_000,
-            end_unix_nano: 1_700_000_000_500_000_000,
-            service_name: Some("svc".into()),
-            span_name: "GET /".into(),
-            span_kind: "server",
-            scope_name: None,
-            scope_version: None,
-            status_message: None,
-            facts: SpanFacts {
-                status: SpanStatus::Ok,
-                error_type: None,
-                user_id: None,
-                session_id: None,
-                llm: None,
-            },
-            cost_usd: None,
-            cost_status: CostStatus::NotLlm,
-            price_id: None,
-            price_version: None,
-            attributes: vec![("http.method".into(), "GET".into())],
-            resource_attributes: Arc::from(vec![]),
-            events_json: None,
-            links_json: None,
-        }
+        SpanRecord::sample("GET /", 0xab)
     }
 
     #[test]

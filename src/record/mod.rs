@@ -75,6 +75,43 @@ impl SpanRecord {
     }
 }
 
+#[cfg(test)]
+impl SpanRecord {
+    /// A plain (non-LLM) span for tests: ids filled with `n`, one attribute.
+    pub(crate) fn sample(span_name: &str, n: u8) -> SpanRecord {
+        use crate::genai::SpanStatus;
+        SpanRecord {
+            trace_id: [n; 16],
+            span_id: [n; 8],
+            parent_span_id: None,
+            trace_state: None,
+            start_unix_nano: 1_700_000_000_000_000_000,
+            end_unix_nano: 1_700_000_000_500_000_000,
+            service_name: Some("svc".into()),
+            span_name: span_name.into(),
+            span_kind: "server",
+            scope_name: None,
+            scope_version: None,
+            status_message: None,
+            facts: SpanFacts {
+                status: SpanStatus::Ok,
+                error_type: None,
+                user_id: None,
+                session_id: None,
+                llm: None,
+            },
+            cost_usd: None,
+            cost_status: CostStatus::NotLlm,
+            price_id: None,
+            price_version: None,
+            attributes: vec![("http.method".into(), "GET".into())],
+            resource_attributes: Arc::from(vec![]),
+            events_json: None,
+            links_json: None,
+        }
+    }
+}
+
 /// Lowercase hex of an id of at most 16 bytes, written into `buf`: no
 /// allocation on the per-span path.
 pub(crate) fn hex_in<'a>(bytes: &[u8], buf: &'a mut [u8; 32]) -> &'a str {

@@ -268,40 +268,10 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::genai::{SpanFacts, SpanStatus};
-    use crate::record::CostStatus;
     use arrow::array::AsArray;
 
     fn record(name: &str, n: u8) -> SpanRecord {
-        SpanRecord {
-            trace_id: [n; 16],
-            span_id: [n; 8],
-            parent_span_id: None,
-            trace_state: None,
-            start_unix_nano: 1_700_000_000_000_000_000,
-            end_unix_nano: 1_700_000_000_000_000_001,
-            service_name: Some("svc".into()),
-            span_name: name.into(),
-            span_kind: "internal",
-            scope_name: None,
-            scope_version: None,
-            status_message: None,
-            facts: SpanFacts {
-                status: SpanStatus::Unset,
-                error_type: None,
-                user_id: None,
-                session_id: None,
-                llm: None,
-            },
-            cost_usd: None,
-            cost_status: CostStatus::NotLlm,
-            price_id: None,
-            price_version: None,
-            attributes: Vec::new(),
-            resource_attributes: Arc::from(Vec::new()),
-            events_json: None,
-            links_json: None,
-        }
+        SpanRecord::sample(name, n)
     }
 
     fn names(batches: &[RecordBatch]) -> Vec<String> {
