@@ -19,8 +19,8 @@ Anthropic (``mock_anthropic``):
   ``anthropic_rate_limited`` HTTP 429 ``rate_limit_error``; the
                              ``anthropic.RateLimitError`` is caught.
 
-The calls run inside one application root span (``APP_ROOT_SPAN``) so that
-they share a trace and the collector also sees a non-LLM span.
+The calls run inside one application root span (``otel_app.APP_ROOT_SPAN``) so
+that they share a trace and the collector also sees a non-LLM span.
 
 Before exiting it shuts the provider down so every span is exported, and
 prints one JSON document to stdout: what the client saw for each call, the ids
@@ -43,20 +43,17 @@ Usage: python app_openllmetry.py --openai-base-url URL --anthropic-base-url URL
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import threading
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-# Make the mocks importable whatever the working directory is.
+# Make the mocks and otel_app importable whatever the working directory is.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mock_anthropic  # noqa: E402
 import mock_openai  # noqa: E402
-
-APP_ROOT_SPAN = "e2e.app.run"
+from otel_app import AppTracing, openai_result, openai_stream_result, otlp_exporter, rate_limited_result  # noqa: E402,E501
 
 # The anthropic SDK warns about deprecated model names; the mock does not care.
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -72,68 +69,6 @@ CACHED_SYSTEM = [
 ]
 
 
-class RecordingExporter:
-    """Wraps an exporter and remembers every export result."""
-
-    def __init__(self, inner):
-        self._inner = inner
-        self._lock = threading.Lock()
-        self.results: list[str] = []
-        self.exported_spans = 0
-
-    def export(self, spans: Sequence[Any]):
-        try:
-            res = self._inner.export(spans)
-        except Exception as e:  # pragma: no cover - surfaced in the JSON output
-            with self._lock:
-                self.results.append(f"exception: {e!r}")
-            raise
-        with self._lock:
-            self.results.append(res.name)
-            if res.name == "SUCCESS":
-                self.exported_spans += len(spans)
-        return res
-
-    def shutdown(self):
-        return self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000):
-        return self._inner.force_flush(timeout_millis)
-
-
-def _attr_value(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return list(v)
-    return v
-
-
-def _span_json(s) -> dict[str, Any]:
-    ctx = s.get_span_context()
-    return {
-        "name": s.name,
-        "kind": s.kind.name,
-        "trace_id": format(ctx.trace_id, "032x"),
-        "span_id": format(ctx.span_id, "016x"),
-        "parent_span_id": format(s.parent.span_id, "016x") if s.parent else None,
-        "scope": s.instrumentation_scope.name if s.instrumentation_scope else None,
-        "scope_version": s.instrumentation_scope.version if s.instrumentation_scope else None,
-        "start_time_unix_nano": s.start_time,
-        "end_time_unix_nano": s.end_time,
-        "status": s.status.status_code.name,
-        "status_description": s.status.description,
-        "attributes": {k: _attr_value(v) for k, v in (s.attributes or {}).items()},
-        "events": [
-            {
-                "name": ev.name,
-                "time_unix_nano": ev.timestamp,
-                "attributes": {k: _attr_value(v) for k, v in (ev.attributes or {}).items()},
-            }
-            for ev in s.events
-        ],
-        "resource": {k: _attr_value(v) for k, v in s.resource.attributes.items()},
-    }
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--openai-base-url", required=True, help="e.g. http://127.0.0.1:1234/v1")
@@ -147,33 +82,14 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    from opentelemetry import trace
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    recording = RecordingExporter(OTLPSpanExporter(endpoint=args.otlp_endpoint, timeout=10))
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(
-        resource=Resource.create(
-            {
-                "service.name": args.service_name,
-                "service.version": "0.0.1-e2e",
-                "deployment.environment": "e2e",
-            }
-        )
-    )
-    provider.add_span_processor(BatchSpanProcessor(recording, schedule_delay_millis=200))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    trace.set_tracer_provider(provider)
+    tracing = AppTracing(args.service_name, otlp_exporter("http", args.otlp_endpoint))
+    memory = tracing.memory
 
     from opentelemetry.instrumentation.anthropic import AnthropicInstrumentor
     from opentelemetry.instrumentation.openai import OpenAIInstrumentor
 
-    OpenAIInstrumentor().instrument(tracer_provider=provider)
-    AnthropicInstrumentor().instrument(tracer_provider=provider)
+    OpenAIInstrumentor().instrument(tracer_provider=tracing.provider)
+    AnthropicInstrumentor().instrument(tracer_provider=tracing.provider)
 
     import anthropic
     import openai
@@ -188,7 +104,6 @@ def main() -> int:
         base_url=args.anthropic_base_url, api_key="sk-ant-e2e-dummy-not-a-secret", max_retries=0, timeout=10,
         **ant_kw,
     )
-    tracer = trace.get_tracer("llmtrace.e2e.app")
     calls: dict[str, Any] = {}
     oai_messages = [{"role": "user", "content": "Say hello to llmtrace."}]
     ant_messages = [{"role": "user", "content": "Say hello to llmtrace."}]
@@ -213,30 +128,17 @@ def main() -> int:
         }
 
     def openai_plain():
-        r = oai.chat.completions.create(model=mock_openai.PLAIN_MODEL, messages=oai_messages)
-        return {"model": r.model, "input_tokens": r.usage.prompt_tokens, "output_tokens": r.usage.completion_tokens}
+        return openai_result(oai.chat.completions.create(model=mock_openai.PLAIN_MODEL, messages=oai_messages))
 
     def openai_stream():
-        stream = oai.chat.completions.create(
-            model=mock_openai.STREAM_MODEL,
-            messages=oai_messages,
-            stream=True,
-            stream_options={"include_usage": True},
+        return openai_stream_result(
+            oai.chat.completions.create(
+                model=mock_openai.STREAM_MODEL,
+                messages=oai_messages,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
         )
-        text, usage, model = [], None, None
-        for chunk in stream:
-            model = chunk.model
-            for choice in chunk.choices:
-                if choice.delta and choice.delta.content:
-                    text.append(choice.delta.content)
-            if chunk.usage is not None:
-                usage = chunk.usage
-        return {
-            "model": model,
-            "text": "".join(text),
-            "input_tokens": usage.prompt_tokens if usage else None,
-            "output_tokens": usage.completion_tokens if usage else None,
-        }
 
     def anthropic_message(model: str, system=None):
         def fn():
@@ -267,13 +169,12 @@ def main() -> int:
         return {"model": model, "text": "".join(text), "stop_reason": stop_reason, **usage}
 
     def anthropic_rate_limited():
-        try:
-            ant.messages.create(model=mock_anthropic.RATE_LIMITED_MODEL, max_tokens=256, messages=ant_messages)
-            return {"error": None}
-        except anthropic.RateLimitError as e:
-            return {"error": type(e).__name__, "status_code": e.status_code}
+        return rate_limited_result(
+            lambda: ant.messages.create(model=mock_anthropic.RATE_LIMITED_MODEL, max_tokens=256, messages=ant_messages),
+            anthropic.RateLimitError,
+        )
 
-    with tracer.start_as_current_span(APP_ROOT_SPAN):
+    with tracing.root_span():
         call("openai_plain", openai_plain)
         call("openai_stream", openai_stream)
         call("anthropic_plain", anthropic_message(mock_anthropic.PLAIN_MODEL))
@@ -282,11 +183,6 @@ def main() -> int:
         call("anthropic_stream", anthropic_stream)
         call("anthropic_unpriced", anthropic_message(mock_anthropic.UNPRICED_MODEL))
         call("anthropic_rate_limited", anthropic_rate_limited)
-
-    flushed = provider.force_flush(timeout_millis=15000)
-    provider.shutdown()
-
-    spans = [_span_json(s) for s in memory.get_finished_spans()]
 
     import importlib.metadata as md
 
@@ -304,29 +200,17 @@ def main() -> int:
         except md.PackageNotFoundError:
             versions[pkg] = None
 
-    ok = flushed and bool(recording.results) and all(r == "SUCCESS" for r in recording.results)
-    out = {
-        "protocol": "http",
-        "otlp_endpoint": args.otlp_endpoint,
-        "service_name": args.service_name,
-        "anthropic_sdk_tracing": args.anthropic_sdk_tracing,
-        "versions": versions,
-        "calls": calls,
-        "export_results": recording.results,
-        "exported_spans": recording.exported_spans,
-        "force_flush": flushed,
-        "spans": spans,
-    }
-    json.dump(out, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    if not ok:
-        print(f"OTLP export did not fully succeed: {recording.results}", file=sys.stderr)
-        return 3
-    if recording.exported_spans != len(spans):
-        print(f"exported {recording.exported_spans} spans, produced {len(spans)}", file=sys.stderr)
-        return 4
-    return 0
+    return tracing.finish(
+        {
+            "protocol": "http",
+            "otlp_endpoint": args.otlp_endpoint,
+            "service_name": args.service_name,
+            "anthropic_sdk_tracing": args.anthropic_sdk_tracing,
+            "versions": versions,
+            "calls": calls,
+        },
+        detailed_spans=True,
+    )
 
 
 if __name__ == "__main__":

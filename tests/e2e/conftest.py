@@ -6,6 +6,9 @@ import json
 
 import pytest
 
+# harness holds assertions shared by the test modules; keep pytest's detailed messages for them.
+pytest.register_assert_rewrite("harness")
+
 from mock_anthropic import MockAnthropic
 from mock_openai import MockOpenAI
 

@@ -12,7 +12,9 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from otel_app import APP_ROOT_SPAN
 
 E2E_DIR = Path(__file__).resolve().parent
 REPO_ROOT = E2E_DIR.parents[1]
@@ -167,6 +169,54 @@ def run_app(script: Path, args: list[str], timeout: float = 120.0) -> dict[str, 
     out["returncode"] = proc.returncode
     out["stderr"] = proc.stderr
     return out
+
+
+@dataclass
+class AppRun:
+    """One scenario: an app run against its own ``llmtrace serve``, then what llmtrace stored."""
+
+    name: str
+    service_name: str
+    llmtrace: Llmtrace
+    app: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def execute(
+        cls, name: str, service_name: str, base: Path, script: Path, app_args: Callable[[Llmtrace], list[str]]
+    ):
+        """Starts llmtrace under ``base``, runs ``script`` with ``app_args(llmtrace)``, stops
+        llmtrace with SIGTERM and reads the Parquet files it wrote."""
+        lt = start_llmtrace(base / "data", base / "llmtrace.log")
+        try:
+            app = run_app(script, app_args(lt))
+        finally:
+            lt.terminate(timeout=60)
+        r = cls(name=name, service_name=service_name, llmtrace=lt, app=app)
+        r.files = parquet_files(lt.data_dir)
+        if r.files:
+            r.rows = read_spans(lt.data_dir)
+        return r
+
+    def sent_spans(self) -> list[dict[str, Any]]:
+        return self.app.get("spans", [])
+
+    def sent_root(self) -> dict[str, Any]:
+        found = [s for s in self.sent_spans() if s["name"] == APP_ROOT_SPAN]
+        assert len(found) == 1
+        return found[0]
+
+    def assert_app_exported(self) -> None:
+        """The app exited 0 and every OTLP export succeeded."""
+        app = self.app
+        assert app["returncode"] == 0, f"app failed ({app['returncode']}):\n{app.get('stderr', '')[-3000:]}"
+        assert app["export_results"] and all(r == "SUCCESS" for r in app["export_results"])
+
+    def assert_llmtrace_exited_zero(self) -> None:
+        assert self.llmtrace.exit_code == 0, (
+            f"llmtrace exit code after SIGTERM: {self.llmtrace.exit_code} (None = did not exit in time)"
+        )
 
 
 def parquet_files(data_dir: Path) -> list[Path]:

@@ -33,10 +33,10 @@ Run it alone with ``python mock_anthropic.py`` to poke at it by hand.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from mock_http import MockHandler, MockServer, serve_until_interrupted
 
 # The one table of canned answers, keyed by request model. Token fields are
 # exactly what the mock puts in ``usage`` (Anthropic semantics: input_tokens
@@ -165,28 +165,21 @@ def _has_cache_control(req: dict[str, Any]) -> bool:
     return False
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(MockHandler):
     server_version = "mock-anthropic/1.0"
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        if self.server.verbose:  # type: ignore[attr-defined]
-            super().log_message(format, *args)
+    route = "/v1/messages"
+    route_ignores_query = True
 
     # -- helpers -----------------------------------------------------------
-    def _send_json(self, status: int, body: dict[str, Any], extra_headers=None) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("request-id", f"req_mock_{int(time.time() * 1000)}")
-        for k, v in (extra_headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+    def default_headers(self) -> dict[str, str]:
+        return {"request-id": f"req_mock_{int(time.time() * 1000)}"}
+
+    def send_client_error(self, status: int, message: str) -> None:
+        err_type = "not_found_error" if status == 404 else "invalid_request_error"
+        self._send_api_error(status, err_type, message)
 
     def _send_api_error(self, status: int, err_type: str, message: str, extra_headers=None) -> None:
-        self._send_json(
+        self.send_json(
             status,
             {"type": "error", "error": {"type": err_type, "message": message}, "request_id": "req_mock_error"},
             extra_headers,
@@ -204,32 +197,12 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    # -- routes ------------------------------------------------------------
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path in ("/healthz", "/"):
-            self._send_json(200, {"ok": True})
-        else:
-            self._send_api_error(404, "not_found_error", "not found")
-
-    def do_POST(self) -> None:  # noqa: N802
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        if self.path.split("?")[0].rstrip("/") != "/v1/messages":
-            self._send_api_error(404, "not_found_error", f"unknown path {self.path}")
-            return
-        try:
-            req = json.loads(raw or b"{}")
-        except json.JSONDecodeError:
-            self._send_api_error(400, "invalid_request_error", "bad json")
-            return
-
+    # -- POST /v1/messages -------------------------------------------------
+    def handle_api(self, req: dict[str, Any]) -> None:
         model = req.get("model", "")
         stream = bool(req.get("stream"))
         cache_control = _has_cache_control(req)
-        with self.server.lock:  # type: ignore[attr-defined]
-            self.server.requests.append(  # type: ignore[attr-defined]
-                {"model": model, "stream": stream, "cache_control": cache_control}
-            )
+        self.record(model=model, stream=stream, cache_control=cache_control)
 
         if self.headers.get("x-mock-error") == "429":
             self._send_rate_limit(_RATE_LIMIT_ERROR)
@@ -249,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         msg_id = f"msg_mock_{model}_{int(time.time() * 1000)}"
         if not stream:
-            self._send_json(
+            self.send_json(
                 200,
                 {
                     "id": msg_id,
@@ -265,17 +238,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         # Streaming.
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.send_header("request-id", f"req_mock_{int(time.time() * 1000)}")
-        self.end_headers()
-        self.close_connection = True
+        self.start_sse()
 
         def event(name: str, body: dict[str, Any]) -> None:
-            self.wfile.write(f"event: {name}\ndata: {json.dumps(body)}\n\n".encode())
-            self.wfile.flush()
+            self.write_sse(f"event: {name}\ndata: {json.dumps(body)}\n\n".encode())
 
         start_usage = _usage(entry)
         start_usage["output_tokens"] = STREAM_START_OUTPUT_TOKENS
@@ -316,57 +282,14 @@ class _Handler(BaseHTTPRequestHandler):
         event("message_stop", {"type": "message_stop"})
 
 
-class MockAnthropic:
+class MockAnthropic(MockServer):
     """Runs the mock in a background thread: ``with MockAnthropic() as m: m.base_url``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, verbose: bool = False):
-        self._httpd = ThreadingHTTPServer((host, port), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.verbose = verbose  # type: ignore[attr-defined]
-        self._httpd.lock = threading.Lock()  # type: ignore[attr-defined]
-        self._httpd.requests = []  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="mock-anthropic", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
-
-    @property
-    def base_url(self) -> str:
-        # The Anthropic SDK appends /v1/messages itself.
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        with self._httpd.lock:  # type: ignore[attr-defined]
-            return list(self._httpd.requests)  # type: ignore[attr-defined]
-
-    def start(self) -> "MockAnthropic":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> "MockAnthropic":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+    handler = _Handler
+    thread_name = "mock-anthropic"
+    # The Anthropic SDK appends /v1/messages itself.
+    base_path = ""
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, default=0)
-    args = ap.parse_args()
-    m = MockAnthropic(port=args.port, verbose=True).start()
-    print(f"mock Anthropic listening on {m.base_url}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        m.stop()
+    serve_until_interrupted(MockAnthropic, __doc__, "Anthropic")

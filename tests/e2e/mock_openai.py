@@ -21,10 +21,10 @@ Run it alone with ``python mock_openai.py`` to poke at it by hand.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from mock_http import MockHandler, MockServer, serve_until_interrupted
 
 # The one table of canned answers, keyed by request model.
 MODELS: dict[str, dict[str, Any]] = {
@@ -86,29 +86,16 @@ def _usage(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(MockHandler):
     server_version = "mock-openai/1.0"
-    # HTTP/1.1 with explicit Content-Length for JSON and Connection: close for
-    # SSE keeps both httpx and curl happy.
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        if self.server.verbose:  # type: ignore[attr-defined]
-            super().log_message(format, *args)
+    route = "/v1/chat/completions"
 
     # -- helpers -----------------------------------------------------------
-    def _send_json(self, status: int, body: dict[str, Any], extra_headers=None) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (extra_headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+    def send_client_error(self, status: int, message: str, code: str | None = None) -> None:
+        self.send_json(status, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
 
     def _send_error(self, err: dict[str, Any], model: str) -> None:
-        self._send_json(
+        self.send_json(
             err["status"],
             {
                 "error": {
@@ -126,32 +113,12 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    # -- routes ------------------------------------------------------------
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path in ("/healthz", "/"):
-            self._send_json(200, {"ok": True})
-        else:
-            self._send_json(404, {"error": {"message": "not found", "type": "invalid_request_error", "param": None, "code": None}})
-
-    def do_POST(self) -> None:  # noqa: N802
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        if self.path.rstrip("/") != "/v1/chat/completions":
-            self._send_json(404, {"error": {"message": f"unknown path {self.path}", "type": "invalid_request_error", "param": None, "code": None}})
-            return
-        try:
-            req = json.loads(raw or b"{}")
-        except json.JSONDecodeError:
-            self._send_json(400, {"error": {"message": "bad json", "type": "invalid_request_error", "param": None, "code": None}})
-            return
-
+    # -- POST /v1/chat/completions -----------------------------------------
+    def handle_api(self, req: dict[str, Any]) -> None:
         model = req.get("model", "")
         stream = bool(req.get("stream"))
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-        with self.server.lock:  # type: ignore[attr-defined]
-            self.server.requests.append(  # type: ignore[attr-defined]
-                {"model": model, "stream": stream, "include_usage": include_usage}
-            )
+        self.record(model=model, stream=stream, include_usage=include_usage)
 
         forced = self.headers.get("x-mock-error")
         if forced == "429":
@@ -159,10 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         entry = MODELS.get(model)
         if entry is None:
-            self._send_json(
-                404,
-                {"error": {"message": f"The model `{model}` does not exist", "type": "invalid_request_error", "param": None, "code": "model_not_found"}},
-            )
+            self.send_client_error(404, f"The model `{model}` does not exist", "model_not_found")
             return
         if "error" in entry:
             self._send_error(entry["error"], model)
@@ -171,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
         completion_id = f"chatcmpl-mock-{model}-{int(time.time() * 1000)}"
         created = int(time.time())
         if not stream:
-            self._send_json(
+            self.send_json(
                 200,
                 {
                     "id": completion_id,
@@ -198,12 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         # Streaming.
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self.start_sse()
 
         def chunk(choices: list, usage: dict | None = None) -> None:
             body = {
@@ -217,8 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
             }
             if include_usage:
                 body["usage"] = usage
-            self.wfile.write(b"data: " + json.dumps(body).encode() + b"\n\n")
-            self.wfile.flush()
+            self.write_sse(b"data: " + json.dumps(body).encode() + b"\n\n")
 
         time.sleep(FIRST_CHUNK_DELAY_S)
         for n, piece in enumerate(entry["content"]):
@@ -230,60 +188,16 @@ class _Handler(BaseHTTPRequestHandler):
         chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": entry["finish_reason"]}])
         if include_usage:
             chunk([], _usage(entry))
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
+        self.write_sse(b"data: [DONE]\n\n")
 
 
-class MockOpenAI:
+class MockOpenAI(MockServer):
     """Runs the mock in a background thread: ``with MockOpenAI() as m: m.base_url``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, verbose: bool = False):
-        self._httpd = ThreadingHTTPServer((host, port), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.verbose = verbose  # type: ignore[attr-defined]
-        self._httpd.lock = threading.Lock()  # type: ignore[attr-defined]
-        self._httpd.requests = []  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="mock-openai", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        with self._httpd.lock:  # type: ignore[attr-defined]
-            return list(self._httpd.requests)  # type: ignore[attr-defined]
-
-    def start(self) -> "MockOpenAI":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> "MockOpenAI":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+    handler = _Handler
+    thread_name = "mock-openai"
+    base_path = "/v1"
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, default=0)
-    args = ap.parse_args()
-    m = MockOpenAI(port=args.port, verbose=True).start()
-    print(f"mock OpenAI listening on {m.base_url}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        m.stop()
+    serve_until_interrupted(MockOpenAI, __doc__, "OpenAI")

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,26 +37,10 @@ SCENARIOS = {
 }
 
 
-@dataclass
-class Run:
-    name: str
-    service_name: str
-    llmtrace: harness.Llmtrace
-    app: dict[str, Any]
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    files: list[Path] = field(default_factory=list)
-
-    def sent_spans(self) -> list[dict[str, Any]]:
-        return self.app.get("spans", [])
-
+class Run(harness.AppRun):
     def sent_llm_span(self, request_model: str) -> dict[str, Any]:
         found = [s for s in self.sent_spans() if s["attributes"].get("gen_ai.request.model") == request_model]
         assert len(found) == 1, f"app sent {len(found)} spans for {request_model}"
-        return found[0]
-
-    def sent_root(self) -> dict[str, Any]:
-        found = [s for s in self.sent_spans() if s["name"] == "e2e.app.run"]
-        assert len(found) == 1
         return found[0]
 
     def llm_rows(self) -> list[dict[str, Any]]:
@@ -79,8 +61,8 @@ def run(request, tmp_path_factory, mock_openai_server) -> Run:
     sc = SCENARIOS[name]
     base = tmp_path_factory.mktemp(f"openai-v2-{name}")
     service_name = f"llmtrace-e2e-openai-{name}"
-    lt = harness.start_llmtrace(base / "data", base / "llmtrace.log")
-    try:
+
+    def app_args(lt: harness.Llmtrace) -> list[str]:
         endpoint = lt.http_traces_url if sc["protocol"] == "http" else lt.grpc_endpoint
         args = [
             "--mock-base-url", mock_openai_server.base_url,
@@ -90,14 +72,9 @@ def run(request, tmp_path_factory, mock_openai_server) -> Run:
         ]
         if sc["tag_streaming"]:
             args.append("--tag-streaming")
-        app = harness.run_app(APP, args)
-    finally:
-        lt.terminate(timeout=60)
-    r = Run(name=name, service_name=service_name, llmtrace=lt, app=app)
-    r.files = harness.parquet_files(lt.data_dir)
-    if r.files:
-        r.rows = harness.read_spans(lt.data_dir)
-    return r
+        return args
+
+    return Run.execute(name, service_name, base, APP, app_args)
 
 
 # ---------------------------------------------------------------------------
@@ -105,9 +82,8 @@ def run(request, tmp_path_factory, mock_openai_server) -> Run:
 
 
 def test_app_exported_all_spans(run: Run):
+    run.assert_app_exported()
     app = run.app
-    assert app["returncode"] == 0, f"app failed ({app['returncode']}):\n{app.get('stderr', '')[-3000:]}"
-    assert app["export_results"] and all(r == "SUCCESS" for r in app["export_results"])
     # The client saw what the mock table says.
     for call, model in CALLS.items():
         entry = MODELS[model]
@@ -122,9 +98,7 @@ def test_app_exported_all_spans(run: Run):
 
 
 def test_llmtrace_exits_zero_on_sigterm(run: Run):
-    assert run.llmtrace.exit_code == 0, (
-        f"llmtrace exit code after SIGTERM: {run.llmtrace.exit_code} (None = did not exit in time)"
-    )
+    run.assert_llmtrace_exited_zero()
 
 
 # ---------------------------------------------------------------------------

@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -216,21 +215,10 @@ def price_entry(provider: str, response_model: str | None, request_model: str) -
 # running it
 
 
-@dataclass
-class Run:
-    name: str
-    service_name: str
-    llmtrace: harness.Llmtrace
-    app: dict[str, Any]
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    files: list[Path] = field(default_factory=list)
-
+class Run(harness.AppRun):
     @property
     def sdk_tracing(self) -> bool:
         return SCENARIOS[self.name]["anthropic_sdk_tracing"] == "on"
-
-    def sent_spans(self) -> list[dict[str, Any]]:
-        return self.app.get("spans", [])
 
     def sent_by_id(self) -> dict[str, dict[str, Any]]:
         return {s["span_id"]: s for s in self.sent_spans()}
@@ -238,11 +226,6 @@ class Run:
     def call_spans(self, call: str) -> list[dict[str, Any]]:
         by_id = self.sent_by_id()
         return [by_id[i] for i in self.app["calls"][call]["span_ids"]]
-
-    def sent_root(self) -> dict[str, Any]:
-        found = [s for s in self.sent_spans() if s["name"] == "e2e.app.run"]
-        assert len(found) == 1
-        return found[0]
 
     def row(self, span_id: str) -> dict[str, Any]:
         found = [r for r in self.rows if r["span_id"] == span_id]
@@ -275,25 +258,19 @@ def run(request, tmp_path_factory, mock_openai_server, mock_anthropic_server) ->
     name = request.param
     base = tmp_path_factory.mktemp(f"openllmetry-{name.replace('+', '-')}")
     service_name = f"llmtrace-e2e-{name.replace('+', '-')}"
-    lt = harness.start_llmtrace(base / "data", base / "llmtrace.log")
-    try:
-        app = harness.run_app(
-            APP,
-            [
-                "--openai-base-url", mock_openai_server.base_url,
-                "--anthropic-base-url", mock_anthropic_server.base_url,
-                "--otlp-endpoint", lt.http_traces_url,
-                "--service-name", service_name,
-                "--anthropic-sdk-tracing", SCENARIOS[name]["anthropic_sdk_tracing"],
-            ],
-        )
-    finally:
-        lt.terminate(timeout=60)
-    r = Run(name=name, service_name=service_name, llmtrace=lt, app=app)
-    r.files = harness.parquet_files(lt.data_dir)
-    if r.files:
-        r.rows = harness.read_spans(lt.data_dir)
-    return r
+    return Run.execute(
+        name,
+        service_name,
+        base,
+        APP,
+        lambda lt: [
+            "--openai-base-url", mock_openai_server.base_url,
+            "--anthropic-base-url", mock_anthropic_server.base_url,
+            "--otlp-endpoint", lt.http_traces_url,
+            "--service-name", service_name,
+            "--anthropic-sdk-tracing", SCENARIOS[name]["anthropic_sdk_tracing"],
+        ],
+    )
 
 
 class Mismatches:
@@ -320,9 +297,8 @@ class Mismatches:
 
 
 def test_app_exported_all_spans(run: Run):
+    run.assert_app_exported()
     app = run.app
-    assert app["returncode"] == 0, f"app failed ({app['returncode']}):\n{app.get('stderr', '')[-3000:]}"
-    assert app["export_results"] and all(r == "SUCCESS" for r in app["export_results"])
     for call in CALLS:
         got = app["calls"][call]
         assert "unexpected_error" not in got, (call, got)
@@ -375,9 +351,7 @@ def test_instrumentation_sent_mock_values(run: Run, call: str):
 
 
 def test_llmtrace_exits_zero_on_sigterm(run: Run):
-    assert run.llmtrace.exit_code == 0, (
-        f"llmtrace exit code after SIGTERM: {run.llmtrace.exit_code} (None = did not exit in time)"
-    )
+    run.assert_llmtrace_exited_zero()
 
 
 def test_every_sent_span_stored_once(run: Run):
