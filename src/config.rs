@@ -44,6 +44,38 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub storage: StorageConfig,
     pub pricing: PricingConfig,
+    pub query: QueryConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// A query running longer than this is cancelled with an error.
+    pub timeout: HumanDuration,
+    /// Memory a query may use (sorts, joins, aggregations) before it fails.
+    pub memory_limit: ByteSize,
+    /// Rows returned at most; the answer says when it was truncated.
+    pub max_rows: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            timeout: HumanDuration(Duration::from_secs(30)),
+            memory_limit: ByteSize(256 << 20),
+            max_rows: 100_000,
+        }
+    }
+}
+
+impl QueryConfig {
+    pub fn limits(&self) -> crate::query::QueryLimits {
+        crate::query::QueryLimits {
+            timeout: self.timeout.0,
+            memory_bytes: self.memory_limit.as_usize(),
+            max_rows: self.max_rows,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -108,6 +140,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             storage: StorageConfig::default(),
             pricing: PricingConfig::default(),
+            query: QueryConfig::default(),
         }
     }
 }
@@ -204,6 +237,12 @@ impl Config {
                 "ingest.max_decompressed_bytes",
                 "must be at least ingest.max_request_bytes",
             );
+        }
+        if self.query.max_rows == 0 {
+            return invalid("query.max_rows", "must be greater than 0");
+        }
+        if self.query.timeout.0.is_zero() {
+            return invalid("query.timeout", "must be greater than 0");
         }
         if self.ingest.max_attribute_value_bytes.0 < 16 {
             return invalid("ingest.max_attribute_value_bytes", "must be at least 16");

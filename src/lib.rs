@@ -12,6 +12,7 @@ pub mod genai;
 pub mod ingest;
 pub mod loadgen;
 pub mod pricing;
+pub mod query;
 pub mod record;
 pub mod serve;
 pub mod store;

@@ -36,6 +36,26 @@ enum Command {
     /// The price book.
     #[command(subcommand)]
     Prices(PricesCommand),
+    /// Run read-only SQL over the trace store (tables spans, llm_calls, prices).
+    Query(QueryArgs),
+}
+
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// The SQL statement, e.g. "SELECT model, count(*) FROM llm_calls GROUP BY model".
+    sql: String,
+    /// Query this data dir directly, no server needed [default: ./llmtrace-data].
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
+    data_dir: Option<PathBuf>,
+    /// Query a running server's API instead, e.g. http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// table, json or csv.
+    #[arg(long, default_value = "table")]
+    format: String,
+    /// Config file (price book, query limits, data dir).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -166,6 +186,7 @@ fn main() -> ExitCode {
             config,
             format,
         }) => prices_lookup(&model, provider.as_deref(), config.as_deref(), &format),
+        Command::Query(args) => query(args),
         Command::Demo(args) => match demo(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -225,6 +246,125 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         anyhow::bail!("the collector acknowledged nothing");
     }
     Ok(())
+}
+
+fn query(args: QueryArgs) -> ExitCode {
+    use llmtrace::query::{format, QueryEngine, QueryError};
+    if !["table", "json", "csv"].contains(&args.format.as_str()) {
+        eprintln!(
+            "llmtrace: --format {:?}: use table, json or csv",
+            args.format
+        );
+        return ExitCode::from(2);
+    }
+    let config = match Config::load(args.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("llmtrace: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("llmtrace: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(server) = args.server {
+        return runtime.block_on(query_server(&server, &args.sql, &args.format));
+    }
+    let data_dir = args.data_dir.unwrap_or(config.data_dir.clone());
+    let outcome: Result<String, QueryError> = runtime.block_on(async {
+        let book = llmtrace::pricing::PriceBook::load(config.pricing.file())
+            .map_err(|e| QueryError::Failed(e.to_string()))?;
+        let engine = QueryEngine::open(&data_dir, &book, config.query.limits()).await?;
+        let result = engine.run(&args.sql).await?;
+        let text = match args.format.as_str() {
+            "json" => format::to_json(&result).map(|v| format!("{v:#}\n")),
+            "csv" => format::to_csv(&result).map(|b| String::from_utf8_lossy(&b).into_owned()),
+            _ => format::to_table(&result),
+        };
+        text.map_err(|e| QueryError::Failed(e.to_string()))
+    });
+    match outcome {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("llmtrace: {e}");
+            ExitCode::from(if e.is_client_error() { 2 } else { 1 })
+        }
+    }
+}
+
+/// `llmtrace query --server`: the same statement through a running server.
+async fn query_server(server: &str, sql: &str, format: &str) -> ExitCode {
+    let url = format!("{}/api/v1/query", server.trim_end_matches('/'));
+    let accept = match format {
+        "csv" => "text/csv",
+        "table" => llmtrace::api::ARROW_STREAM,
+        _ => "application/json",
+    };
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("accept", accept)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "sql": sql }).to_string())
+        .send()
+        .await;
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("llmtrace: cannot reach {url}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let status = resp.status();
+    let body = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("llmtrace: reading the answer from {url}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        eprintln!("llmtrace: {message}");
+        return ExitCode::from(if status.is_client_error() { 2 } else { 1 });
+    }
+    if format == "table" {
+        let reader = match datafusion::arrow::ipc::reader::StreamReader::try_new(
+            std::io::Cursor::new(body),
+            None,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("llmtrace: bad Arrow answer: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let batches: Result<Vec<_>, _> = reader.collect();
+        match batches.and_then(|b| {
+            datafusion::arrow::util::pretty::pretty_format_batches(&b).map(|t| t.to_string())
+        }) {
+            Ok(t) => println!("{t}"),
+            Err(e) => {
+                eprintln!("llmtrace: bad Arrow answer: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        print!("{}", String::from_utf8_lossy(&body));
+        if format == "json" {
+            println!();
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn prices_lookup(

@@ -14,6 +14,7 @@ use crate::api::{self, Readiness};
 use crate::config::Config;
 use crate::ingest::{self, grpc::TraceService, Pipeline};
 use crate::pricing::PriceBook;
+use crate::query::QueryEngine;
 use crate::store::{Store, StoreError};
 use crate::wal::NoWal;
 
@@ -43,6 +44,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("config key `pricing.file`: {0}")]
     Pricing(#[from] crate::pricing::PricingError),
+    #[error("query engine: {0}")]
+    Query(#[from] crate::query::QueryError),
 }
 
 /// Addresses actually bound (port 0 resolved).
@@ -112,6 +115,14 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         models = prices.entries.len(),
         "price book loaded"
     );
+    // The spans table lists spans/ at each query, so it must exist from the start.
+    let spans_dir = config.data_dir.join("spans");
+    std::fs::create_dir_all(&spans_dir).map_err(|source| ServeError::DataDir {
+        path: spans_dir,
+        source,
+    })?;
+    let query =
+        Arc::new(QueryEngine::open(&config.data_dir, &prices, config.query.limits()).await?);
     let pipeline = Arc::new(Pipeline::new(
         limits,
         prices,
@@ -165,7 +176,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
     );
     let api = spawn_axum(
         api_listener,
-        api::router(readiness.clone()),
+        api::router(readiness.clone(), query),
         stop_rx.clone(),
     );
     let flusher = {

@@ -1,13 +1,17 @@
-//! The HTTP API (default 127.0.0.1:8080): health and readiness for now; query,
-//! stats, alerts and metrics endpoints join it as they are built.
+//! The HTTP API (default 127.0.0.1:8080): health, readiness, and SQL
+//! (`POST /api/v1/query`); stats, alerts and metrics join it as they are built.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::query::{format, QueryEngine, QueryError};
 
 /// Whether the collector accepts data: false until the receivers are bound and
 /// again once shutdown has begun, so load balancers drain it first.
@@ -23,17 +27,79 @@ impl Readiness {
     }
 }
 
-pub fn router(readiness: Readiness) -> Router {
+#[derive(Clone)]
+struct ApiState {
+    readiness: Readiness,
+    query: Arc<QueryEngine>,
+}
+
+pub fn router(readiness: Readiness, query: Arc<QueryEngine>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(readiness)
+        .route("/api/v1/query", post(run_query))
+        .with_state(ApiState { readiness, query })
 }
 
-async fn ready(State(readiness): State<Readiness>) -> (StatusCode, &'static str) {
-    if readiness.get() {
+async fn ready(State(state): State<ApiState>) -> (StatusCode, &'static str) {
+    if state.readiness.get() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+#[derive(Deserialize)]
+struct QueryRequest {
+    sql: String,
+}
+
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn run_query(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(request)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON: {\"sql\": \"SELECT …\"}".into(),
+        );
+    };
+    let result = match state.query.run(&request.sql).await {
+        Ok(r) => r,
+        Err(e) => {
+            let status = match e {
+                QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+                _ if e.is_client_error() => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return error(status, e.to_string());
+        }
+    };
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let encoded = if accept.contains("text/csv") {
+        format::to_csv(&result).map(|b| ("text/csv", b))
+    } else if accept.contains(ARROW_STREAM) {
+        format::to_arrow_ipc(&result).map(|b| (ARROW_STREAM, b))
+    } else {
+        format::to_json(&result).map(|v| ("application/json", v.to_string().into_bytes()))
+    };
+    match encoded {
+        Ok((content_type, bytes)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, content_type)],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -4,6 +4,7 @@ mod bad_input;
 mod fixtures;
 mod loadgen;
 mod otlp_json;
+mod query;
 mod sdk_exporters;
 mod server;
 mod shutdown;

@@ -1,0 +1,272 @@
+//! SQL over the trace store (DataFusion): tables `spans` (the Parquet files,
+//! partitioned by tenant/date/hour), `llm_calls` (the LLM spans) and `prices`
+//! (the loaded price book). Read-only and bounded: DDL, DML, COPY and
+//! statements are refused, and every query has a timeout, a memory limit and
+//! a row cap.
+
+pub mod format;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{ArrayRef, Float64Builder, RecordBatch, StringBuilder};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::ListingOptions;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use rust_decimal::prelude::ToPrimitive;
+
+use crate::pricing::PriceBook;
+use crate::record::span_schema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The statement is not a read-only query.
+    #[error("refused: {0}; only read-only queries (SELECT, WITH, EXPLAIN) are allowed")]
+    Refused(String),
+    /// The query does not parse or plan.
+    #[error("invalid query: {0}")]
+    Invalid(String),
+    #[error("query timed out after {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("query exceeded its memory limit: {0}")]
+    Memory(String),
+    #[error("data dir {0} does not exist")]
+    NoDataDir(String),
+    #[error("query failed: {0}")]
+    Failed(String),
+}
+
+impl QueryError {
+    /// Whether the fault is in the query (the client's), not the server.
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, QueryError::Failed(_))
+    }
+}
+
+fn classify(e: DataFusionError) -> QueryError {
+    let message = e.to_string();
+    let root = e.find_root();
+    if message.contains("DDL not supported")
+        || message.contains("DML not supported")
+        || message.contains("Statement not supported")
+    {
+        let what = message
+            .split("Error during planning: ")
+            .last()
+            .unwrap_or(&message)
+            .to_owned();
+        return QueryError::Refused(what);
+    }
+    match root {
+        DataFusionError::ResourcesExhausted(m) => QueryError::Memory(m.clone()),
+        DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => {
+            QueryError::Invalid(message)
+        }
+        DataFusionError::NotImplemented(_) => QueryError::Invalid(message),
+        _ => QueryError::Failed(message),
+    }
+}
+
+/// Bounds on one query.
+#[derive(Clone, Debug)]
+pub struct QueryLimits {
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+    pub max_rows: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            timeout: Duration::from_secs(30),
+            memory_bytes: 256 << 20,
+            max_rows: 100_000,
+        }
+    }
+}
+
+/// A finished query.
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub row_count: usize,
+    /// More rows existed than the row cap allowed.
+    pub truncated: bool,
+    pub elapsed: Duration,
+}
+
+pub struct QueryEngine {
+    ctx: SessionContext,
+    limits: QueryLimits,
+}
+
+/// The partition columns of the Hive layout, as the `spans` table shows them.
+fn partition_columns() -> Vec<(String, DataType)> {
+    ["tenant", "date", "hour"]
+        .iter()
+        .map(|c| ((*c).to_owned(), DataType::Utf8))
+        .collect()
+}
+
+/// The `prices` table: one row per price entry and service tier.
+fn prices_table(book: &PriceBook) -> Result<MemTable, DataFusionError> {
+    let text = |n: &str| Field::new(n, DataType::Utf8, true);
+    let num = |n: &str| Field::new(n, DataType::Float64, true);
+    let schema = Arc::new(Schema::new(vec![
+        text("id"),
+        text("vendor"),
+        text("hosts"),
+        text("operation"),
+        text("service_tier"),
+        text("effective_from"),
+        num("input_per_mtok"),
+        num("output_per_mtok"),
+        num("cache_read_per_mtok"),
+        num("cache_write_per_mtok"),
+        num("cache_write_1h_per_mtok"),
+        num("reasoning_per_mtok"),
+        text("checked"),
+        text("source"),
+        text("book_version"),
+    ]));
+    let mut s: Vec<StringBuilder> = (0..6).map(|_| StringBuilder::new()).collect();
+    let mut n: Vec<Float64Builder> = (0..6).map(|_| Float64Builder::new()).collect();
+    let mut tail: Vec<StringBuilder> = (0..3).map(|_| StringBuilder::new()).collect();
+    for e in &book.entries {
+        for row in &e.prices {
+            s[0].append_value(&e.id);
+            s[1].append_value(&e.vendor);
+            s[2].append_value(e.hosts.join(","));
+            s[3].append_value(&e.operation);
+            s[4].append_value(&row.service_tier);
+            s[5].append_option(row.effective_from_text.as_deref());
+            let r = &row.rates;
+            for (b, v) in n.iter_mut().zip([
+                Some(r.input),
+                Some(r.output),
+                r.cache_read,
+                r.cache_write,
+                r.cache_write_1h,
+                r.reasoning,
+            ]) {
+                b.append_option(v.and_then(|d| d.to_f64()));
+            }
+            tail[0].append_option(e.checked.as_deref());
+            tail[1].append_option(e.source.as_deref());
+            tail[2].append_value(&book.version);
+        }
+    }
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    columns.extend(s.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    columns.extend(n.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    columns.extend(tail.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    MemTable::try_new(schema, vec![vec![batch]])
+}
+
+impl QueryEngine {
+    /// A query engine over the data dir's Parquet files.
+    pub async fn open(
+        data_dir: &Path,
+        prices: &PriceBook,
+        limits: QueryLimits,
+    ) -> Result<Self, QueryError> {
+        if !data_dir.is_dir() {
+            return Err(QueryError::NoDataDir(data_dir.display().to_string()));
+        }
+        // No cached file listing: new Parquet files must show up in the next
+        // query (file metadata is still cached; files never change once written).
+        let cache = CacheManagerConfig::default().with_list_files_cache_limit(0);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_cache_manager(cache)
+            .with_memory_limit(limits.memory_bytes, 1.0)
+            .build_arc()
+            .map_err(classify)?;
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(2);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+
+        let spans_dir = data_dir.join("spans");
+        let mut schema_fields: Vec<Field> = span_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        if spans_dir.is_dir() {
+            let options =
+                ListingOptions::new(Arc::new(ParquetFormat::default().with_enable_pruning(true)))
+                    .with_file_extension(".parquet")
+                    .with_table_partition_cols(partition_columns());
+            let url = format!("{}/", spans_dir.display());
+            ctx.register_listing_table("spans", url, options, Some(span_schema()), None)
+                .await
+                .map_err(classify)?;
+        } else {
+            // No span has been written yet: an empty table of the same shape.
+            for (name, ty) in partition_columns() {
+                schema_fields.push(Field::new(name, ty, true));
+            }
+            let schema = Arc::new(Schema::new(schema_fields));
+            let table = MemTable::try_new(schema, vec![vec![]]).map_err(classify)?;
+            ctx.register_table("spans", Arc::new(table))
+                .map_err(classify)?;
+        }
+        ctx.sql("CREATE VIEW llm_calls AS SELECT * FROM spans WHERE is_llm")
+            .await
+            .map_err(classify)?;
+        ctx.register_table("prices", Arc::new(prices_table(prices).map_err(classify)?))
+            .map_err(classify)?;
+        Ok(QueryEngine { ctx, limits })
+    }
+
+    /// Runs one read-only statement within the limits.
+    pub async fn run(&self, sql: &str) -> Result<QueryResult, QueryError> {
+        let started = Instant::now();
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let work = async {
+            let df = self
+                .ctx
+                .sql_with_options(sql, options)
+                .await
+                .map_err(classify)?;
+            let mut stream = df.execute_stream().await.map_err(classify)?;
+            let schema = stream.schema();
+            let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(classify)?;
+                let room = self.limits.max_rows - rows;
+                if batch.num_rows() > room {
+                    batches.push(batch.slice(0, room));
+                    rows += room;
+                    truncated = true;
+                    break;
+                }
+                rows += batch.num_rows();
+                batches.push(batch);
+            }
+            Ok::<_, QueryError>((schema, batches, rows, truncated))
+        };
+        let (schema, batches, row_count, truncated) =
+            tokio::time::timeout(self.limits.timeout, work)
+                .await
+                .map_err(|_| QueryError::Timeout(self.limits.timeout))??;
+        Ok(QueryResult {
+            schema,
+            batches,
+            row_count,
+            truncated,
+            elapsed: started.elapsed(),
+        })
+    }
+}

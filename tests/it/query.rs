@@ -1,0 +1,268 @@
+//! SQL over the store: tables over loadgen data, the read-only guard, the
+//! timeout and row cap, an empty data dir, and the HTTP endpoint's formats.
+
+use std::time::Duration;
+
+use llmtrace::config::HumanDuration;
+use llmtrace::loadgen::{self, Options, Protocol};
+use llmtrace::pricing::PriceBook;
+use llmtrace::query::{QueryEngine, QueryError, QueryLimits};
+use serde_json::Value;
+
+use crate::support::{Row, TestServer};
+
+/// A data dir with loadgen traffic in it, and the rows as written.
+async fn loaded() -> (Vec<Row>, tempfile::TempDir) {
+    let server = TestServer::start().await;
+    loadgen::run(Options {
+        endpoint: server.grpc_url(),
+        protocol: Protocol::Grpc,
+        rate: 0,
+        duration: Duration::from_secs(60),
+        total_spans: Some(2000),
+        seed: 5,
+        batch: 100,
+        connections: 2,
+        pool: 8,
+        progress: false,
+    })
+    .await
+    .unwrap();
+    server.stop().await
+}
+
+async fn engine(dir: &std::path::Path, limits: QueryLimits) -> QueryEngine {
+    QueryEngine::open(dir, &PriceBook::default_book(), limits)
+        .await
+        .unwrap()
+}
+
+async fn scalar(engine: &QueryEngine, sql: &str) -> Value {
+    let result = engine
+        .run(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let json = llmtrace::query::format::to_json(&result).unwrap();
+    json["rows"][0][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_answer_over_the_parquet_files() {
+    let (rows, dir) = loaded().await;
+    let e = engine(&dir.path().join("data"), QueryLimits::default()).await;
+    assert_eq!(
+        scalar(&e, "SELECT count(*) FROM spans").await,
+        Value::from(rows.len())
+    );
+    let llm = rows.iter().filter(|r| r.b("is_llm") == Some(true)).count();
+    assert_eq!(
+        scalar(&e, "SELECT count(*) FROM llm_calls").await,
+        Value::from(llm)
+    );
+    let input: i64 = rows.iter().filter_map(|r| r.i("input_tokens")).sum();
+    assert_eq!(
+        scalar(&e, "SELECT sum(input_tokens) FROM spans").await,
+        Value::from(input)
+    );
+    assert_eq!(
+        scalar(
+            &e,
+            "SELECT count(DISTINCT tenant) FROM spans WHERE tenant = 'default'"
+        )
+        .await,
+        Value::from(1)
+    );
+    let priced = scalar(
+        &e,
+        "SELECT count(*) FROM llm_calls WHERE cost_status = 'priced' AND cost_usd > 0",
+    )
+    .await;
+    assert!(priced.as_u64().unwrap() > 0);
+    let models = scalar(&e, "SELECT count(*) FROM prices").await;
+    assert!(models.as_u64().unwrap() >= 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_read_only_statements_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), QueryLimits::default()).await;
+    for (sql, names) in [
+        ("CREATE TABLE t (a INT)", "CreateMemoryTable"),
+        (
+            "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc/'",
+            "CreateExternalTable",
+        ),
+        ("CREATE VIEW v AS SELECT 1", "CreateView"),
+        ("DROP TABLE spans", "DropTable"),
+        ("INSERT INTO spans SELECT * FROM spans", "Insert"),
+        ("COPY (SELECT 1) TO '/tmp/llmtrace-copy-test.csv'", "COPY"),
+        ("SET datafusion.execution.batch_size = 1", "SetVariable"),
+    ] {
+        match e.run(sql).await {
+            Err(QueryError::Refused(what)) => assert!(what.contains(names), "{sql}: {what}"),
+            other => panic!(
+                "{sql}: expected a refusal, got {:?}",
+                other.map(|r| r.row_count)
+            ),
+        }
+    }
+    assert!(!std::path::Path::new("/tmp/llmtrace-copy-test.csv").exists());
+    // Paths are not tables.
+    assert!(matches!(
+        e.run("SELECT * FROM '/etc/passwd'").await,
+        Err(QueryError::Invalid(_))
+    ));
+    assert!(matches!(
+        e.run("SELEKT 1").await,
+        Err(QueryError::Invalid(_))
+    ));
+    // Still answering.
+    assert_eq!(scalar(&e, "SELECT 1 + 1").await, Value::from(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_missing_data_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), QueryLimits::default()).await;
+    assert_eq!(
+        scalar(&e, "SELECT count(*) FROM spans").await,
+        Value::from(0)
+    );
+    assert_eq!(
+        scalar(&e, "SELECT count(*) FROM llm_calls").await,
+        Value::from(0)
+    );
+    let missing = QueryEngine::open(
+        &dir.path().join("nope"),
+        &PriceBook::default_book(),
+        QueryLimits::default(),
+    )
+    .await;
+    assert!(matches!(missing, Err(QueryError::NoDataDir(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_queries_end_with_a_clear_error() {
+    let (_rows, dir) = loaded().await;
+    let limits = QueryLimits {
+        timeout: Duration::from_millis(50),
+        ..QueryLimits::default()
+    };
+    let e = engine(&dir.path().join("data"), limits).await;
+    let err = e
+        .run("SELECT count(*) FROM spans a, spans b, spans c WHERE a.span_id < b.span_id")
+        .await
+        .err()
+        .expect("times out");
+    assert!(matches!(err, QueryError::Timeout(_)), "{err}");
+    assert!(err.to_string().contains("timed out after 50ms"), "{err}");
+
+    let capped = engine(
+        &dir.path().join("data"),
+        QueryLimits {
+            max_rows: 10,
+            ..QueryLimits::default()
+        },
+    )
+    .await;
+    let result = capped.run("SELECT span_id FROM spans").await.unwrap();
+    assert_eq!((result.row_count, result.truncated), (10, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoint_answers_json_csv_and_arrow() {
+    let server = TestServer::start_with(|c| {
+        c.storage.flush_interval = HumanDuration(Duration::from_millis(100));
+    })
+    .await;
+    loadgen::run(Options {
+        endpoint: server.grpc_url(),
+        protocol: Protocol::Grpc,
+        rate: 0,
+        total_spans: Some(500),
+        batch: 100,
+        connections: 1,
+        pool: 4,
+        progress: false,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let url = server.api_url("/api/v1/query");
+    let post = |sql: &str, accept: &str| {
+        client
+            .post(&url)
+            .header("accept", accept)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "sql": sql }).to_string())
+            .send()
+    };
+    // Flushed spans become visible to the server's queries.
+    let mut count = 0;
+    for _ in 0..100 {
+        let v: Value = post("SELECT count(*) AS n FROM spans", "application/json")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .map(|t| serde_json::from_str::<Value>(&t).unwrap())
+            .unwrap();
+        count = v["rows"][0][0].as_u64().unwrap();
+        if count >= 500 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(count >= 500, "{count}");
+
+    let resp = post(
+        "SELECT span_name, count(*) AS n FROM spans GROUP BY span_name ORDER BY n DESC",
+        "application/json",
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp
+        .text()
+        .await
+        .map(|t| serde_json::from_str::<Value>(&t).unwrap())
+        .unwrap();
+    assert_eq!(v["columns"][0]["name"], "span_name");
+    assert_eq!(v["columns"][1]["type"], "Int64");
+    assert!(v["row_count"].as_u64().unwrap() > 1);
+    assert!(v["elapsed_ms"].as_f64().is_some());
+
+    let csv = post("SELECT 1 AS a, 'x' AS b", "text/csv").await.unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv");
+    assert_eq!(csv.text().await.unwrap(), "a,b\n1,x\n");
+
+    let arrow = post("SELECT 42 AS answer", llmtrace::api::ARROW_STREAM)
+        .await
+        .unwrap();
+    let bytes = arrow.bytes().await.unwrap();
+    let reader =
+        datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .unwrap();
+    let batches: Vec<_> = reader.collect::<Result<_, _>>().unwrap();
+    assert_eq!(batches[0].num_rows(), 1);
+
+    let refused = post("DROP TABLE spans", "application/json").await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let v: Value = refused
+        .text()
+        .await
+        .map(|t| serde_json::from_str::<Value>(&t).unwrap())
+        .unwrap();
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused: DDL not supported: DropTable"),
+        "{v}"
+    );
+
+    let bad = client.post(&url).body("not json").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let (_rows, _dir) = server.stop().await;
+}
