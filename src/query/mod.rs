@@ -5,6 +5,7 @@
 //! a row cap.
 
 pub mod format;
+mod udf;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -224,6 +225,9 @@ impl QueryEngine {
             .map_err(classify)?;
         ctx.register_table("prices", Arc::new(prices_table(prices).map_err(classify)?))
             .map_err(classify)?;
+        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            udf::LlmCost::new(Arc::new(prices.clone())),
+        ));
         Ok(QueryEngine { ctx, limits })
     }
 

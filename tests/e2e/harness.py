@@ -297,3 +297,25 @@ def prices_lookup(model: str, provider: str | None = None) -> dict[str, Any]:
             )
         _PRICES_CACHE[key] = answer
     return _PRICES_CACHE[key]
+
+
+def llmtrace_query(data_dir: Path, sql: str, timeout: float = 120.0) -> dict[str, Any]:
+    """``llmtrace query --data-dir DIR --format json SQL``, parsed.
+
+    The answer is ``{"columns": [{"name", "type"}], "rows": [[...]], "row_count", "truncated",
+    "elapsed_ms"}``; raises if the command fails or prints something else.
+    """
+    cmd = [str(llmtrace_bin()), "query", "--data-dir", str(data_dir), "--format", "json", sql]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=clean_env(NO_COLOR="1"), stdin=subprocess.DEVNULL,
+    )
+    try:
+        answer = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        answer = None
+    if proc.returncode != 0 or not isinstance(answer, dict) or not isinstance(answer.get("rows"), list):
+        raise RuntimeError(
+            f"llmtrace query exited {proc.returncode} for:\n  {sql}\n"
+            f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-2000:]}"
+        )
+    return answer

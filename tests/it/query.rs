@@ -80,6 +80,18 @@ async fn tables_answer_over_the_parquet_files() {
     assert!(priced.as_u64().unwrap() > 0);
     let models = scalar(&e, "SELECT count(*) FROM prices").await;
     assert!(models.as_u64().unwrap() >= 60);
+    // llm_cost re-prices stored token counts: the same answer as ingest gave.
+    let differ = scalar(
+        &e,
+        "SELECT count(*) FROM llm_calls WHERE cost_status = 'priced' AND abs(cost_usd - \
+         llm_cost(model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, provider)) > 1e-12",
+    )
+    .await;
+    assert_eq!(differ, Value::from(0));
+    assert_eq!(
+        scalar(&e, "SELECT llm_cost('no-such-model', 10, 10)").await,
+        Value::Null
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
