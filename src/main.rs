@@ -124,6 +124,10 @@ struct LoadgenArgs {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Start time of the first trace (RFC 3339, e.g. 2026-01-15T10:00:00Z)
+    /// [default: so the traffic ends now]. Fixed, the data is the same on every run.
+    #[arg(long)]
+    start: Option<humantime::Timestamp>,
 }
 
 #[derive(clap::Args)]
@@ -239,6 +243,14 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         connections: args.connections,
         pool: args.pool,
         progress: !args.quiet,
+        start_unix_nano: args
+            .start
+            .map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .map_err(|_| anyhow::anyhow!("--start before 1970"))
+            })
+            .transpose()?,
     };
     let report = runtime()?.block_on(llmtrace::loadgen::run(options))?;
     print!("{report}");

@@ -70,6 +70,9 @@ pub struct Options {
     pub pool: usize,
     /// Print a progress line every second (to stderr).
     pub progress: bool,
+    /// Start of the first trace (Unix ns); default: so the traffic ends now.
+    /// Fixed, it makes the whole data set the same on every run (golden tests).
+    pub start_unix_nano: Option<u64>,
 }
 
 impl Default for Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             connections: 4,
             pool: 128,
             progress: true,
+            start_unix_nano: None,
         }
     }
 }
@@ -176,11 +180,14 @@ impl Pool {
         let gap_ns = (per_trace / nominal_rate * 1e9) as u64;
         let traces_estimate = (opts.pool * opts.batch) as f64 / per_trace;
         let round_ns = (traces_estimate * gap_ns as f64) as u64;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
-        let mut workload = Workload::new(opts.seed, now.saturating_sub(round_ns), gap_ns);
+        let start = opts.start_unix_nano.unwrap_or_else(|| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64;
+            now.saturating_sub(round_ns)
+        });
+        let mut workload = Workload::new(opts.seed, start, gap_ns);
         let requests: Vec<Prepared> = (0..opts.pool.max(1))
             .map(|_| {
                 let (req, n) = workload.batch(opts.batch);

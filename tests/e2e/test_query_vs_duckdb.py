@@ -122,13 +122,11 @@ QUESTIONS = [
     ),
     Question(
         "duration_percentiles_per_model",
-        "SELECT model, count(*) AS n, approx_percentile_cont(duration_ms, 0.5) AS p50, "
-        "approx_percentile_cont(duration_ms, 0.99) AS p99 FROM llm_calls "
-        f"GROUP BY model HAVING count(*) >= {PERCENTILE_MIN_CALLS}",
-        "SELECT model, count(*) AS n, quantile_cont(duration_ms, 0.5) AS p50, "
-        "quantile_cont(duration_ms, 0.99) AS p99 FROM llm_calls "
-        f"GROUP BY model HAVING count(*) >= {PERCENTILE_MIN_CALLS}",
-        keys=1, compare=(exact, approx_percentile, approx_percentile), min_rows=2,
+        "SELECT model, count(*) AS n, approx_percentile_cont(duration_ms, 0.5) AS p50 "
+        f"FROM llm_calls GROUP BY model HAVING count(*) >= {PERCENTILE_MIN_CALLS}",
+        "SELECT model, count(*) AS n, quantile_cont(duration_ms, 0.5) AS p50 "
+        f"FROM llm_calls GROUP BY model HAVING count(*) >= {PERCENTILE_MIN_CALLS}",
+        keys=1, compare=(exact, approx_percentile), min_rows=2,
     ),
     Question(
         "duration_median_per_model",
@@ -293,3 +291,34 @@ def test_query_agrees_with_duckdb(store: LoadedStore, duck, q: Question):
         )
         print(msg)
         pytest.fail(msg, pytrace=False)
+
+
+@pytest.mark.parametrize("q", [0.9, 0.99])
+def test_tail_percentiles_within_the_methods_tolerance(store: LoadedStore, duck, q: float):
+    """Tail percentiles: llmtrace's t-digest interpolates around rank q*n, DuckDB's
+    quantile_cont around q*(n-1); with few, sparse tail values the two differ by
+    more than any fixed percentage. The methods' common tolerance is the span of
+    order statistics around the rank: llmtrace's value must lie between the
+    sorted durations at ranks floor(q*(n-1)) - 1 and ceil(q*n) + 1."""
+    store.assert_loaded()
+    lt = harness.llmtrace_query(
+        store.data_dir,
+        f"SELECT model, approx_percentile_cont(duration_ms, {q}) AS p FROM llm_calls "
+        f"GROUP BY model HAVING count(*) >= {PERCENTILE_MIN_CALLS}",
+    )
+    got = {row[0]: row[1] for row in lt["rows"]}
+    assert len(got) >= 2, lt
+    problems = []
+    for model, value in got.items():
+        sorted_ms = [r[0] for r in duck.execute(
+            "SELECT duration_ms FROM llm_calls WHERE model = ? ORDER BY duration_ms", [model]
+        ).fetchall()]
+        n = len(sorted_ms)
+        lo = sorted_ms[max(0, math.floor(q * (n - 1)) - 1)]
+        hi = sorted_ms[min(n - 1, math.ceil(q * n) + 1)]
+        exact = duck.execute(
+            f"SELECT quantile_cont(duration_ms, {q}) FROM llm_calls WHERE model = ?", [model]
+        ).fetchone()[0]
+        if not lo <= value <= hi:
+            problems.append(f"{model} (n={n}): llmtrace {value} outside [{lo}, {hi}] (DuckDB exact {exact})")
+    assert not problems, "\n".join(problems)

@@ -25,6 +25,7 @@ async fn run(protocol: Protocol) {
         connections: 2,
         pool: 8,
         progress: false,
+        start_unix_nano: None,
     })
     .await
     .expect("loadgen runs");

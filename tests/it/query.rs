@@ -25,6 +25,7 @@ async fn loaded() -> (Vec<Row>, tempfile::TempDir) {
         connections: 2,
         pool: 8,
         progress: false,
+        start_unix_nano: None,
     })
     .await
     .unwrap();
