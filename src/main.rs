@@ -38,6 +38,36 @@ enum Command {
     Prices(PricesCommand),
     /// Run read-only SQL over the trace store (tables spans, llm_calls, prices).
     Query(QueryArgs),
+    /// Run a canned report (queries/*.sql) over a time range; --list shows them.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// Report name, e.g. latency_by_model (see --list).
+    #[arg(required_unless_present = "list")]
+    name: Option<String>,
+    /// List the reports and what each answers.
+    #[arg(long)]
+    list: bool,
+    /// Start of the range, as a duration back from --until (e.g. 24h, 7d).
+    #[arg(long, default_value = "24h")]
+    since: humantime::Duration,
+    /// End of the range (RFC 3339) [default: now].
+    #[arg(long)]
+    until: Option<humantime::Timestamp>,
+    /// Query this data dir directly [default: ./llmtrace-data].
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
+    data_dir: Option<PathBuf>,
+    /// Query a running server instead, e.g. http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// table, json or csv.
+    #[arg(long, default_value = "table")]
+    format: String,
+    /// Config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -191,6 +221,7 @@ fn main() -> ExitCode {
             format,
         }) => prices_lookup(&model, provider.as_deref(), config.as_deref(), &format),
         Command::Query(args) => query(args),
+        Command::Report(args) => report(args),
         Command::Demo(args) => match demo(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -258,6 +289,33 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         anyhow::bail!("the collector acknowledged nothing");
     }
     Ok(())
+}
+
+fn report(args: ReportArgs) -> ExitCode {
+    use llmtrace::query::reports;
+    if args.list {
+        for (name, text) in reports::REPORTS {
+            println!("{name:<20} {}", reports::description(text));
+        }
+        return ExitCode::SUCCESS;
+    }
+    let name = args.name.unwrap_or_default();
+    let until: std::time::SystemTime = args
+        .until
+        .map(Into::into)
+        .unwrap_or_else(std::time::SystemTime::now);
+    let since = until - std::time::Duration::from(args.since);
+    let Some(sql) = reports::sql(&name, since, until) else {
+        eprintln!("llmtrace: no report {name:?}; `llmtrace report --list` shows them");
+        return ExitCode::from(2);
+    };
+    query(QueryArgs {
+        sql,
+        data_dir: args.data_dir,
+        server: args.server,
+        format: args.format,
+        config: args.config,
+    })
 }
 
 fn query(args: QueryArgs) -> ExitCode {

@@ -5,6 +5,7 @@
 //! a row cap.
 
 pub mod format;
+pub mod reports;
 mod udf;
 
 use std::path::Path;

@@ -5,6 +5,7 @@ mod fixtures;
 mod loadgen;
 mod otlp_json;
 mod query;
+mod reports;
 mod sdk_exporters;
 mod server;
 mod shutdown;
