@@ -12,5 +12,6 @@ SELECT coalesce(request_model, model) AS model,
 FROM llm_calls
 WHERE (cache_read_tokens > 0 OR cache_write_tokens > 0)
   AND start_time >= TIMESTAMP '{since}' AND start_time < TIMESTAMP '{until}'
+    AND date BETWEEN '{since_date}' AND '{until_date}'
 GROUP BY coalesce(request_model, model)
 ORDER BY savings_usd DESC NULLS LAST, model

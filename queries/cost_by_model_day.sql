@@ -10,5 +10,6 @@ SELECT date,
        sum(CASE WHEN cost_status = 'unpriced' THEN 1 ELSE 0 END) AS unpriced_calls
 FROM llm_calls
 WHERE start_time >= TIMESTAMP '{since}' AND start_time < TIMESTAMP '{until}'
+    AND date BETWEEN '{since_date}' AND '{until_date}'
 GROUP BY date, provider, coalesce(request_model, model)
 ORDER BY date, cost_usd DESC NULLS LAST, model

@@ -4,6 +4,7 @@ WITH per_provider AS (
   SELECT provider, count(*) AS calls
   FROM llm_calls
   WHERE start_time >= TIMESTAMP '{since}' AND start_time < TIMESTAMP '{until}'
+    AND date BETWEEN '{since_date}' AND '{until_date}'
   GROUP BY provider
 )
 SELECT e.provider,
@@ -15,5 +16,6 @@ FROM llm_calls e
 JOIN per_provider p ON e.provider IS NOT DISTINCT FROM p.provider
 WHERE e.status = 'error'
   AND e.start_time >= TIMESTAMP '{since}' AND e.start_time < TIMESTAMP '{until}'
+  AND e.date BETWEEN '{since_date}' AND '{until_date}'
 GROUP BY e.provider, e.error_type, p.calls
 ORDER BY errors DESC, e.provider, e.error_type

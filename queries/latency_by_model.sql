@@ -8,6 +8,7 @@ WITH calls AS (
          count(ttft_ms) OVER (PARTITION BY coalesce(request_model, model)) AS tn
   FROM llm_calls
   WHERE start_time >= TIMESTAMP '{since}' AND start_time < TIMESTAMP '{until}'
+    AND date BETWEEN '{since_date}' AND '{until_date}'
 )
 SELECT model,
        max(provider) AS provider,

@@ -11,5 +11,6 @@ SELECT prompt_name,
 FROM llm_calls
 WHERE prompt_name IS NOT NULL
   AND start_time >= TIMESTAMP '{since}' AND start_time < TIMESTAMP '{until}'
+    AND date BETWEEN '{since_date}' AND '{until_date}'
 GROUP BY prompt_name, prompt_version
 ORDER BY prompt_name, prompt_version

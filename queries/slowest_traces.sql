@@ -5,6 +5,7 @@ WITH roots AS (
   FROM spans
   WHERE parent_span_id IS NULL
     AND start_time >= TIMESTAMP '{since}' AND start_time < TIMESTAMP '{until}'
+    AND date BETWEEN '{since_date}' AND '{until_date}'
 ), calls AS (
   SELECT trace_id, count(*) AS llm_calls, sum(duration_ms) AS llm_ms,
          sum(input_tokens) + sum(output_tokens) AS tokens, sum(cost_usd) AS cost_usd

@@ -6,6 +6,7 @@ WITH users AS (
   FROM llm_calls
   WHERE user_id IS NOT NULL
     AND start_time >= TIMESTAMP '{since}' AND start_time < TIMESTAMP '{until}'
+    AND date BETWEEN '{since_date}' AND '{until_date}'
   GROUP BY user_id
   ORDER BY cost_usd DESC NULLS LAST, id
   LIMIT 10
@@ -15,6 +16,7 @@ WITH users AS (
   FROM llm_calls
   WHERE session_id IS NOT NULL
     AND start_time >= TIMESTAMP '{since}' AND start_time < TIMESTAMP '{until}'
+    AND date BETWEEN '{since_date}' AND '{until_date}'
   GROUP BY session_id
   ORDER BY cost_usd DESC NULLS LAST, id
   LIMIT 10

@@ -10,5 +10,6 @@ SELECT provider,
 FROM llm_calls
 WHERE cost_status = 'unpriced'
   AND start_time >= TIMESTAMP '{since}' AND start_time < TIMESTAMP '{until}'
+    AND date BETWEEN '{since_date}' AND '{until_date}'
 GROUP BY provider, coalesce(response_model, request_model)
 ORDER BY calls DESC, model

@@ -1,6 +1,8 @@
 //! Canned reports: the SQL files in `queries/`, built into the binary. Each
 //! starts with a comment saying what it answers and is bounded in time by
-//! `{since}` and `{until}`, filled in by `llmtrace report NAME --since 24h`.
+//! `{since}` and `{until}`, filled in by `llmtrace report NAME --since 24h`,
+//! and by the same range on the `date` partition column (`{since_date}`,
+//! `{until_date}`), so only the partitions of the range are read.
 
 use std::time::SystemTime;
 
@@ -56,8 +58,15 @@ fn rfc3339(t: SystemTime) -> String {
 /// The SQL of report `name` for the time range [since, until).
 pub fn sql(name: &str, since: SystemTime, until: SystemTime) -> Option<String> {
     let (_, text) = REPORTS.iter().find(|(n, _)| *n == name)?;
+    let day = |t: SystemTime| {
+        chrono::DateTime::<chrono::Utc>::from(t)
+            .format("%Y-%m-%d")
+            .to_string()
+    };
     Some(
-        text.replace("{since}", &rfc3339(since))
+        text.replace("{since_date}", &day(since))
+            .replace("{until_date}", &day(until))
+            .replace("{since}", &rfc3339(since))
             .replace("{until}", &rfc3339(until)),
     )
 }
@@ -79,6 +88,10 @@ mod tests {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_768_471_200);
         let s = sql("cost_by_model_day", t, t).unwrap();
         assert!(s.contains("TIMESTAMP '2026-01-15T10:00:00"), "{s}");
+        assert!(
+            s.contains("date BETWEEN '2026-01-15' AND '2026-01-15'"),
+            "{s}"
+        );
         assert!(sql("nope", t, t).is_none());
     }
 }
