@@ -56,24 +56,21 @@ struct ReportArgs {
     /// End of the range (RFC 3339) [default: now].
     #[arg(long)]
     until: Option<humantime::Timestamp>,
-    /// Query this data dir directly [default: ./llmtrace-data].
-    #[arg(long, value_name = "DIR", conflicts_with = "server")]
-    data_dir: Option<PathBuf>,
-    /// Query a running server instead, e.g. http://127.0.0.1:8080.
-    #[arg(long, value_name = "URL")]
-    server: Option<String>,
-    /// table, json or csv.
-    #[arg(long, default_value = "table")]
-    format: String,
-    /// Config file.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    target: QueryTarget,
 }
 
 #[derive(clap::Args)]
 struct QueryArgs {
     /// The SQL statement, e.g. "SELECT model, count(*) FROM llm_calls GROUP BY model".
     sql: String,
+    #[command(flatten)]
+    target: QueryTarget,
+}
+
+/// Where a query runs and how its answer is printed.
+#[derive(clap::Args)]
+struct QueryTarget {
     /// Query this data dir directly, no server needed [default: ./llmtrace-data].
     #[arg(long, value_name = "DIR", conflicts_with = "server")]
     data_dir: Option<PathBuf>,
@@ -311,14 +308,11 @@ fn report(args: ReportArgs) -> ExitCode {
     };
     query(QueryArgs {
         sql,
-        data_dir: args.data_dir,
-        server: args.server,
-        format: args.format,
-        config: args.config,
+        target: args.target,
     })
 }
 
-fn query(args: QueryArgs) -> ExitCode {
+fn query(QueryArgs { sql, target: args }: QueryArgs) -> ExitCode {
     use llmtrace::query::{format, QueryEngine, QueryError};
     if !["table", "json", "csv"].contains(&args.format.as_str()) {
         eprintln!(
@@ -342,14 +336,14 @@ fn query(args: QueryArgs) -> ExitCode {
         }
     };
     if let Some(server) = args.server {
-        return runtime.block_on(query_server(&server, &args.sql, &args.format));
+        return runtime.block_on(query_server(&server, &sql, &args.format));
     }
     let data_dir = args.data_dir.unwrap_or(config.data_dir.clone());
     let outcome: Result<String, QueryError> = runtime.block_on(async {
         let book = llmtrace::pricing::PriceBook::load(config.pricing.file())
             .map_err(|e| QueryError::Failed(e.to_string()))?;
         let engine = QueryEngine::open(&data_dir, &book, config.query.limits()).await?;
-        let result = engine.run(&args.sql).await?;
+        let result = engine.run(&sql).await?;
         let text = match args.format.as_str() {
             "json" => format::to_json(&result).map(|v| format!("{v:#}\n")),
             "csv" => format::to_csv(&result).map(|b| String::from_utf8_lossy(&b).into_owned()),
