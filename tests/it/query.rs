@@ -4,31 +4,16 @@
 use std::time::Duration;
 
 use llmtrace::config::HumanDuration;
-use llmtrace::loadgen::{self, Options, Protocol};
 use llmtrace::pricing::PriceBook;
 use llmtrace::query::{QueryEngine, QueryError, QueryLimits};
 use serde_json::Value;
 
-use crate::support::{Row, TestServer};
+use crate::support::{load, Row, TestServer};
 
 /// A data dir with loadgen traffic in it, and the rows as written.
 async fn loaded() -> (Vec<Row>, tempfile::TempDir) {
     let server = TestServer::start().await;
-    loadgen::run(Options {
-        endpoint: server.grpc_url(),
-        protocol: Protocol::Grpc,
-        rate: 0,
-        duration: Duration::from_secs(60),
-        total_spans: Some(2000),
-        seed: 5,
-        batch: 100,
-        connections: 2,
-        pool: 8,
-        progress: false,
-        start_unix_nano: None,
-    })
-    .await
-    .unwrap();
+    load(&server, 2000, 5, None).await;
     server.stop().await
 }
 
@@ -188,19 +173,7 @@ async fn http_endpoint_answers_json_csv_and_arrow() {
         c.storage.flush_interval = HumanDuration(Duration::from_millis(100));
     })
     .await;
-    loadgen::run(Options {
-        endpoint: server.grpc_url(),
-        protocol: Protocol::Grpc,
-        rate: 0,
-        total_spans: Some(500),
-        batch: 100,
-        connections: 1,
-        pool: 4,
-        progress: false,
-        ..Options::default()
-    })
-    .await
-    .unwrap();
+    load(&server, 500, 1, None).await;
     let client = reqwest::Client::new();
     let url = server.api_url("/api/v1/query");
     let post = |sql: &str, accept: &str| {

@@ -7,11 +7,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
-use llmtrace::loadgen::{self, Options, Protocol};
 use llmtrace::pricing::PriceBook;
 use llmtrace::query::{format, reports, QueryEngine, QueryLimits};
 
-use crate::support::TestServer;
+use crate::support::{load, TestServer};
 
 /// 2026-01-15T10:00:00Z
 const START_SECS: u64 = 1_768_471_200;
@@ -19,22 +18,7 @@ const START_SECS: u64 = 1_768_471_200;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_report_matches_its_golden_result() {
     let server = TestServer::start().await;
-    let report = loadgen::run(Options {
-        endpoint: server.grpc_url(),
-        protocol: Protocol::Grpc,
-        rate: 0,
-        duration: Duration::from_secs(120),
-        total_spans: Some(6000),
-        seed: 42,
-        batch: 100,
-        connections: 1,
-        pool: 16,
-        progress: false,
-        start_unix_nano: Some(START_SECS * 1_000_000_000),
-    })
-    .await
-    .unwrap();
-    assert_eq!(report.acked_spans, report.sent_spans);
+    load(&server, 6000, 42, Some(START_SECS * 1_000_000_000)).await;
     let (_rows, dir) = server.stop().await;
 
     let engine = QueryEngine::open(

@@ -203,3 +203,30 @@ pub fn now_nanos() -> u64 {
         .unwrap()
         .as_nanos() as u64
 }
+
+/// Sends `spans` spans of seeded loadgen traffic to `server` over gRPC, as
+/// fast as it accepts them; `start` fixes the timeline (Unix ns).
+pub async fn load(
+    server: &TestServer,
+    spans: u64,
+    seed: u64,
+    start: Option<u64>,
+) -> llmtrace::loadgen::Report {
+    let report = llmtrace::loadgen::run(llmtrace::loadgen::Options {
+        endpoint: server.grpc_url(),
+        protocol: llmtrace::loadgen::Protocol::Grpc,
+        rate: 0,
+        duration: std::time::Duration::from_secs(120),
+        total_spans: Some(spans),
+        seed,
+        batch: 100,
+        connections: 1,
+        pool: 16,
+        progress: false,
+        start_unix_nano: start,
+    })
+    .await
+    .expect("loadgen runs");
+    assert_eq!(report.acked_spans, report.sent_spans, "{report}");
+    report
+}
