@@ -191,9 +191,14 @@ impl PriceBook {
 
     /// Prices one call. `start_unix_nano` picks the price row in force.
     pub fn price(&self, llm: &LlmFacts, status: SpanStatus, start_unix_nano: i64) -> Cost {
-        let reported = |status| Cost {
+        // Not priced by us: the producer's own cost if it gave one, else null.
+        let unpriced = || Cost {
             usd: llm.reported_cost_usd,
-            status,
+            status: if llm.reported_cost_usd.is_some() {
+                CostStatus::Reported
+            } else {
+                CostStatus::Unpriced
+            },
             price_id: None,
         };
         if llm.response_cache_hit == Some(true) {
@@ -205,10 +210,7 @@ impl PriceBook {
             };
         }
         let Some(entry) = self.entry_for(llm) else {
-            return match llm.reported_cost_usd {
-                Some(_) => reported(CostStatus::Reported),
-                None => reported(CostStatus::Unpriced),
-            };
+            return unpriced();
         };
         let at = start_unix_nano.div_euclid(1_000_000_000);
         let priced = |usd: Option<f64>| Cost {
@@ -217,7 +219,7 @@ impl PriceBook {
             price_id: Some(entry.id.clone()),
         };
         let Some(row) = cost::row(entry, at, llm.service_tier.as_deref()) else {
-            return reported(CostStatus::Unpriced);
+            return unpriced();
         };
         let rates = cost::rates(row, llm.tokens.input.unwrap_or(0));
         let embeddings =
@@ -226,10 +228,7 @@ impl PriceBook {
             Some(usd) => priced(usd.to_f64()),
             // A failed call that reported no usage was not billed.
             None if status == SpanStatus::Error => priced(Some(0.0)),
-            None => match llm.reported_cost_usd {
-                Some(_) => reported(CostStatus::Reported),
-                None => reported(CostStatus::Unpriced),
-            },
+            None => unpriced(),
         }
     }
 }
