@@ -456,8 +456,9 @@ fn corrupted_requests_never_panic() {
             ..Default::default()
         },
     ];
-    let valid = request(vec![s.clone(), s]).encode_to_vec();
-    let json = String::from_utf8(llmtrace_json(&valid)).unwrap();
+    let valid_request = request(vec![s.clone(), s]);
+    let valid = valid_request.encode_to_vec();
+    let json = llmtrace::loadgen::encode::to_json(&valid_request);
     let limits = Limits {
         max_attribute_value_bytes: 1024,
         max_future_skew: std::time::Duration::from_secs(3600),
@@ -496,21 +497,4 @@ fn corrupted_requests_never_panic() {
         decoded > 0 && refused > 0,
         "both outcomes exercised: {decoded} decoded, {refused} refused"
     );
-}
-
-/// The OTLP/JSON form of a protobuf request, hand-rolled from the decoded
-/// message so the test does not depend on another JSON encoder.
-fn llmtrace_json(proto: &[u8]) -> Vec<u8> {
-    let req = ExportTraceServiceRequest::decode(proto).unwrap();
-    let span = &req.resource_spans[0].scope_spans[0].spans[0];
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    format!(
-        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"{}","spanId":"{}","name":"{}","startTimeUnixNano":"{}","endTimeUnixNano":"{}","attributes":[{{"key":"gen_ai.usage.input_tokens","value":{{"intValue":"100"}}}},{{"key":"gen_ai.request.model","value":{{"stringValue":"gpt-4o"}}}}]}}]}}]}}]}}"#,
-        hex(&span.trace_id),
-        hex(&span.span_id),
-        span.name,
-        span.start_time_unix_nano,
-        span.end_time_unix_nano
-    )
-    .into_bytes()
 }
