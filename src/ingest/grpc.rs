@@ -95,8 +95,8 @@ impl UnaryService<ExportTraceServiceRequest> for Export {
         let pipeline = self.0.clone();
         Box::pin(async move {
             let request = request.into_inner();
-            let size = prost::Message::encoded_len(&request);
-            let outcome = super::run_cpu(size, move || pipeline.export(request))
+            let small = super::span_count(&request) <= super::INLINE_SPANS;
+            let outcome = super::run_cpu(small, move || pipeline.export(request))
                 .await
                 .map_err(|e| Status::internal(format!("internal error: {e}")))?
                 .map_err(|e| {

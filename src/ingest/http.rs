@@ -161,7 +161,7 @@ async fn receive(
     let max_decompressed = state.max_decompressed_bytes;
     // Decoding and normalising is CPU work: a large body goes to the blocking
     // pool so it cannot stall the reactor.
-    super::run_cpu(raw.len(), move || {
+    super::run_cpu(raw.len() <= super::INLINE_BYTES, move || {
         let bytes = body::decode(encoding.as_deref(), raw, max_decompressed)?;
         let request = match format {
             Format::Protobuf => ExportTraceServiceRequest::decode(bytes)

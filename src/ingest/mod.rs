@@ -26,12 +26,26 @@ use crate::wal::{WalError, WriteAheadLog};
 /// the work itself for typical SDK batches (BENCHMARKS.md).
 pub const INLINE_BYTES: usize = 512 * 1024;
 
-/// Runs CPU work of a request: inline when small, else on the blocking pool.
+/// The same bound for an already decoded request (gRPC), counted in spans:
+/// cheaper than re-measuring its encoded size.
+pub const INLINE_SPANS: usize = 2_000;
+
+/// Spans in a request.
+pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len())
+        .sum()
+}
+
+/// Runs CPU work of a request: inline when `small`, else on the blocking pool.
 pub async fn run_cpu<T: Send + 'static>(
-    size: usize,
+    small: bool,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, tokio::task::JoinError> {
-    if size <= INLINE_BYTES {
+    if small {
         Ok(work())
     } else {
         tokio::task::spawn_blocking(work).await
