@@ -87,7 +87,7 @@ pub fn normalise(
                 _ => None,
             });
         let resource_attributes: Arc<[(String, String)]> =
-            render_attributes(resource, limits).into();
+            render_attributes(resource.to_vec(), limits).into();
         for ss in rs.scope_spans {
             let scope = ss.scope.unwrap_or_default();
             let scope_name = (!scope.name.is_empty()).then_some(scope.name);
@@ -123,7 +123,7 @@ pub fn normalise(
                             cost_status: cost.status,
                             price_version: cost.price_id.is_some().then(|| price_version.clone()),
                             price_id: cost.price_id,
-                            attributes: render_owned(span.attributes, limits),
+                            attributes: render_attributes(span.attributes, limits),
                             resource_attributes: resource_attributes.clone(),
                             events_json,
                             links_json,
@@ -206,8 +206,8 @@ fn span_kind(kind: i32) -> &'static str {
     }
 }
 
-/// Like [`render_attributes`], moving strings out instead of copying them.
-fn render_owned(attrs: Vec<KeyValue>, limits: &Limits) -> Vec<(String, String)> {
+/// Attributes as the map columns store them; strings are moved, not copied.
+fn render_attributes(attrs: Vec<KeyValue>, limits: &Limits) -> Vec<(String, String)> {
     attrs
         .into_iter()
         .map(|kv| {
@@ -219,22 +219,6 @@ fn render_owned(attrs: Vec<KeyValue>, limits: &Limits) -> Vec<(String, String)> 
                 None => String::new(),
             };
             (truncate(kv.key, limits.max_attribute_value_bytes), value)
-        })
-        .collect()
-}
-
-fn render_attributes(attrs: &[KeyValue], limits: &Limits) -> Vec<(String, String)> {
-    attrs
-        .iter()
-        .map(|kv| {
-            let value = kv
-                .value
-                .as_ref()
-                .map_or_else(String::new, |v| render(v, limits));
-            (
-                truncate(kv.key.clone(), limits.max_attribute_value_bytes),
-                value,
-            )
         })
         .collect()
 }
