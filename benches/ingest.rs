@@ -133,7 +133,8 @@ fn parquet_write(c: &mut Criterion) {
         b.iter_batched(
             || batch.clone(),
             |batch| {
-                let path = writer.write(&key, std::slice::from_ref(&batch)).unwrap();
+                let path = writer.path_for(&key);
+                writer.write(&path, std::slice::from_ref(&batch)).unwrap();
                 std::fs::remove_file(path).unwrap();
             },
             BatchSize::LargeInput,

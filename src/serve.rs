@@ -115,14 +115,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         models = prices.entries.len(),
         "price book loaded"
     );
-    // The spans table lists spans/ at each query, so it must exist from the start.
-    let spans_dir = config.data_dir.join("spans");
-    std::fs::create_dir_all(&spans_dir).map_err(|source| ServeError::DataDir {
-        path: spans_dir,
-        source,
-    })?;
-    let query =
-        Arc::new(QueryEngine::open(&config.data_dir, &prices, config.query.limits()).await?);
+    let query = Arc::new(QueryEngine::live(store.clone(), &prices, config.query.limits()).await?);
     let pipeline = Arc::new(Pipeline::new(
         limits,
         prices,

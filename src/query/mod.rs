@@ -1,11 +1,13 @@
 //! SQL over the trace store (DataFusion): tables `spans` (the Parquet files,
-//! partitioned by tenant/date/hour), `llm_calls` (the LLM spans) and `prices`
+//! partitioned by tenant/date/hour, plus the unflushed spans of a running
+//! server), `llm_calls` (the LLM spans) and `prices`
 //! (the loaded price book). Read-only and bounded: DDL, DML, COPY and
 //! statements are refused, and every query has a timeout, a memory limit and
 //! a row cap.
 
 pub mod format;
 pub mod reports;
+mod spans_table;
 mod udf;
 
 use std::path::Path;
@@ -14,18 +16,16 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{ArrayRef, Float64Builder, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::ListingOptions;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
-use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use rust_decimal::prelude::ToPrimitive;
 
 use crate::pricing::PriceBook;
-use crate::record::span_schema;
+use crate::store::Store;
+use spans_table::{SpanSource, SpansTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -109,14 +109,6 @@ pub struct QueryEngine {
     limits: QueryLimits,
 }
 
-/// The partition columns of the Hive layout, as the `spans` table shows them.
-fn partition_columns() -> Vec<(String, DataType)> {
-    ["tenant", "date", "hour"]
-        .iter()
-        .map(|c| ((*c).to_owned(), DataType::Utf8))
-        .collect()
-}
-
 /// The `prices` table: one row per price entry and service tier.
 fn prices_table(book: &PriceBook) -> Result<MemTable, DataFusionError> {
     let text = |n: &str| Field::new(n, DataType::Utf8, true);
@@ -183,11 +175,27 @@ impl QueryEngine {
         if !data_dir.is_dir() {
             return Err(QueryError::NoDataDir(data_dir.display().to_string()));
         }
-        // No cached file listing: new Parquet files must show up in the next
-        // query (file metadata is still cached; files never change once written).
-        let cache = CacheManagerConfig::default().with_list_files_cache_limit(0);
+        Self::new(SpanSource::Dir(data_dir.to_owned()), prices, limits).await
+    }
+
+    /// A query engine over a running store: its files and the spans it has
+    /// acknowledged but not yet flushed.
+    pub async fn live(
+        store: Arc<Store>,
+        prices: &PriceBook,
+        limits: QueryLimits,
+    ) -> Result<Self, QueryError> {
+        Self::new(SpanSource::Live(store), prices, limits).await
+    }
+
+    async fn new(
+        source: SpanSource,
+        prices: &PriceBook,
+        limits: QueryLimits,
+    ) -> Result<Self, QueryError> {
+        // File footers are cached (files never change once written); the
+        // file list is not, as each scan takes its own snapshot.
         let runtime = RuntimeEnvBuilder::new()
-            .with_cache_manager(cache)
             .with_memory_limit(limits.memory_bytes, 1.0)
             .build_arc()
             .map_err(classify)?;
@@ -195,32 +203,8 @@ impl QueryEngine {
             .with_information_schema(true)
             .with_target_partitions(2);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
-
-        let spans_dir = data_dir.join("spans");
-        let mut schema_fields: Vec<Field> = span_schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        if spans_dir.is_dir() {
-            let options =
-                ListingOptions::new(Arc::new(ParquetFormat::default().with_enable_pruning(true)))
-                    .with_file_extension(".parquet")
-                    .with_table_partition_cols(partition_columns());
-            let url = format!("{}/", spans_dir.display());
-            ctx.register_listing_table("spans", url, options, Some(span_schema()), None)
-                .await
-                .map_err(classify)?;
-        } else {
-            // No span has been written yet: an empty table of the same shape.
-            for (name, ty) in partition_columns() {
-                schema_fields.push(Field::new(name, ty, true));
-            }
-            let schema = Arc::new(Schema::new(schema_fields));
-            let table = MemTable::try_new(schema, vec![vec![]]).map_err(classify)?;
-            ctx.register_table("spans", Arc::new(table))
-                .map_err(classify)?;
-        }
+        ctx.register_table("spans", Arc::new(SpansTable::new(source)))
+            .map_err(classify)?;
         ctx.sql("CREATE VIEW llm_calls AS SELECT * FROM spans WHERE is_llm")
             .await
             .map_err(classify)?;

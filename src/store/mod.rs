@@ -4,11 +4,18 @@
 //! A span is in the buffer before it is acknowledged, and leaves the buffer only
 //! once its file is durably renamed into place; a failed write puts the batches
 //! back for the next attempt, so nothing acknowledged is dropped.
+//!
+//! Queries see the store as a [`SpanSnapshot`]: the files on disk plus every
+//! buffered batch. A batch being written stays in the buffer, under the name of
+//! the file it will become, until that file is in place; the snapshot takes the
+//! buffer first and then leaves that name out of the listing, so a span is
+//! never missing from a snapshot nor in it twice.
 
+mod listing;
 mod parquet;
 mod partition;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -17,6 +24,7 @@ use arrow::record_batch::RecordBatch;
 use tokio::sync::Notify;
 
 pub use self::parquet::ParquetWriter;
+pub use listing::{list_span_files, SpanFile};
 pub use partition::PartitionKey;
 
 use crate::record::{SpanBatchBuilder, SpanRecord};
@@ -64,10 +72,16 @@ struct Group {
 }
 
 impl Group {
-    fn finish(mut self) -> Result<Vec<RecordBatch>, StoreError> {
+    /// Moves the rows of the open builder into a sealed batch.
+    fn seal(&mut self) -> Result<(), StoreError> {
         if !self.builder.is_empty() {
             self.sealed.push(self.builder.finish()?);
         }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<RecordBatch>, StoreError> {
+        self.seal()?;
         Ok(self.sealed)
     }
 }
@@ -111,10 +125,39 @@ impl Partition {
     }
 }
 
+/// Buffered batches, and the names of the files being written from some of them.
+type BufferSnapshot = (Vec<(PartitionKey, RecordBatch)>, HashSet<PathBuf>);
+
+/// Batches handed to the writer, kept until their file is in place.
+struct Persisting {
+    key: PartitionKey,
+    path: PathBuf,
+    batches: Vec<RecordBatch>,
+}
+
 #[derive(Default)]
 struct BufferState {
     partitions: BTreeMap<PartitionKey, Partition>,
+    persisting: Vec<Persisting>,
     bytes: usize,
+}
+
+/// What a query reads: the span files on disk and the buffered batches, with
+/// every acknowledged span in exactly one of them.
+#[derive(Default)]
+pub struct SpanSnapshot {
+    pub files: Vec<SpanFile>,
+    pub batches: Vec<(PartitionKey, RecordBatch)>,
+}
+
+impl SpanSnapshot {
+    /// The files of `data_dir` alone, for queries without a running server.
+    pub fn of_dir(data_dir: &Path) -> Result<Self, StoreError> {
+        Ok(SpanSnapshot {
+            files: list_span_files(data_dir)?,
+            batches: Vec::new(),
+        })
+    }
 }
 
 /// Acknowledged spans not yet in Parquet, by partition.
@@ -160,21 +203,46 @@ impl SpanBuffer {
         self.full.notified().await
     }
 
-    /// Takes everything buffered, as finished batches per partition.
-    fn take(&self) -> Result<Vec<(PartitionKey, Vec<RecordBatch>)>, StoreError> {
+    /// Hands everything buffered to the writer: finished batches per
+    /// partition, each under the file name `path_for` gives it. The batches
+    /// stay visible to snapshots until [`SpanBuffer::persisted`] or
+    /// [`SpanBuffer::put_back`]; finishing them under the lock is what keeps a
+    /// snapshot from catching them in neither place.
+    fn take(
+        &self,
+        path_for: impl Fn(&PartitionKey) -> PathBuf,
+    ) -> Result<Vec<(PathBuf, Vec<RecordBatch>)>, StoreError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let partitions = std::mem::take(&mut state.partitions);
         state.bytes = 0;
-        drop(state);
-        partitions
-            .into_iter()
-            .map(|(key, part)| Ok((key, part.finish()?)))
-            .collect()
+        let mut taken = Vec::with_capacity(partitions.len());
+        for (key, part) in partitions {
+            let batches = part.finish()?;
+            let path = path_for(&key);
+            taken.push((path.clone(), batches.clone()));
+            state.persisting.push(Persisting { key, path, batches });
+        }
+        Ok(taken)
     }
 
-    /// Returns batches whose write failed, to be retried by the next flush.
-    fn put_back(&self, key: PartitionKey, batches: Vec<RecordBatch>) {
+    fn remove_persisting(state: &mut BufferState, path: &Path) -> Option<Persisting> {
+        let i = state.persisting.iter().position(|p| p.path == path)?;
+        Some(state.persisting.swap_remove(i))
+    }
+
+    /// The file `path` is in place: its batches leave the buffer.
+    fn persisted(&self, path: &Path) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Self::remove_persisting(&mut state, path);
+    }
+
+    /// The write of `path` failed: its batches go back, for the next flush.
+    fn put_back(&self, path: &Path) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(Persisting { key, batches, .. }) = Self::remove_persisting(&mut state, path)
+        else {
+            return;
+        };
         state.bytes += batches
             .iter()
             .map(RecordBatch::get_array_memory_size)
@@ -185,6 +253,26 @@ impl SpanBuffer {
             .or_default()
             .retry
             .extend(batches);
+    }
+
+    /// Every buffered batch, and the names of the files being written from them.
+    fn snapshot(&self) -> Result<BufferSnapshot, StoreError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *state;
+        let mut batches = Vec::new();
+        for (key, part) in state.partitions.iter_mut() {
+            batches.extend(part.retry.iter().map(|b| (key.clone(), b.clone())));
+            for group in part.groups.iter_mut() {
+                group.seal()?;
+                batches.extend(group.sealed.iter().map(|b| (key.clone(), b.clone())));
+            }
+        }
+        let mut writing = HashSet::new();
+        for p in &state.persisting {
+            batches.extend(p.batches.iter().map(|b| (p.key.clone(), b.clone())));
+            writing.insert(p.path.clone());
+        }
+        Ok((batches, writing))
     }
 }
 
@@ -199,6 +287,7 @@ pub struct FlushStats {
 
 /// The span store: buffer plus Parquet writer.
 pub struct Store {
+    data_dir: PathBuf,
     buffer: SpanBuffer,
     writer: ParquetWriter,
     /// One flush at a time, so files of a partition are written in order.
@@ -213,6 +302,7 @@ impl Store {
         zstd_level: i32,
     ) -> Self {
         Self {
+            data_dir: data_dir.to_owned(),
             buffer: SpanBuffer::new(flush_bytes),
             writer: ParquetWriter::new(data_dir, row_group_rows, zstd_level),
             flushing: tokio::sync::Mutex::new(()),
@@ -223,30 +313,42 @@ impl Store {
         &self.buffer
     }
 
+    /// Files and buffered spans, each acknowledged span in exactly one.
+    pub fn snapshot(&self) -> Result<SpanSnapshot, StoreError> {
+        // The buffer first: a file renamed into place after this point has its
+        // batches in the snapshot and its name in `writing`, and one renamed
+        // before it is on disk for the listing below.
+        let (batches, writing) = self.buffer.snapshot()?;
+        let mut files = list_span_files(&self.data_dir)?;
+        files.retain(|f| !writing.contains(&f.path));
+        Ok(SpanSnapshot { files, batches })
+    }
+
     /// Writes everything buffered to Parquet. Partitions whose write fails stay
     /// buffered (and are counted in `failed_rows`) for the next flush.
     pub async fn flush(self: &Arc<Self>) -> Result<FlushStats, StoreError> {
         let _one_at_a_time = self.flushing.lock().await;
         let started = Instant::now();
-        let partitions = self.buffer.take()?;
+        let partitions = self.buffer.take(|key| self.writer.path_for(key))?;
         if partitions.is_empty() {
             return Ok(FlushStats::default());
         }
         let this = self.clone();
         let stats = tokio::task::spawn_blocking(move || {
             let mut stats = FlushStats::default();
-            for (key, batches) in partitions {
+            for (path, batches) in partitions {
                 let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                match this.writer.write(&key, &batches) {
-                    Ok(path) => {
+                match this.writer.write(&path, &batches) {
+                    Ok(()) => {
+                        this.buffer.persisted(&path);
                         stats.files += 1;
                         stats.rows += rows;
                         tracing::debug!(path = %path.display(), rows, "wrote span file");
                     }
                     Err(error) => {
-                        tracing::error!(%error, rows, partition = ?key, "span file write failed; keeping the spans buffered for the next flush");
+                        tracing::error!(%error, rows, path = %path.display(), "span file write failed; keeping the spans buffered for the next flush");
                         stats.failed_rows += rows;
-                        this.buffer.put_back(key, batches);
+                        this.buffer.put_back(&path);
                     }
                 }
             }
@@ -294,7 +396,7 @@ mod tests {
             .map(|i| record(["b", "a", "c"][i % 3], i as u8))
             .collect();
         buffer.append(&tenant, &interleaved).unwrap();
-        let parts = buffer.take().unwrap();
+        let parts = buffer.take(|_| PathBuf::from("x.parquet")).unwrap();
         assert_eq!(parts.len(), 1);
         let got = names(&parts[0].1);
         let mut want = got.clone();
@@ -311,12 +413,97 @@ mod tests {
             .map(|i| record(&format!("GET /users/{i}"), i as u8))
             .collect();
         buffer.append(&tenant, &many).unwrap();
-        let parts = buffer.take().unwrap();
+        let parts = buffer.take(|_| PathBuf::from("x.parquet")).unwrap();
         let mut got = names(&parts[0].1);
         got.sort();
         let mut want: Vec<String> = many.iter().map(|r| r.span_name.clone()).collect();
         want.sort();
         assert_eq!(got, want, "every span kept, none twice");
-        assert!(buffer.take().unwrap().is_empty(), "take empties the buffer");
+        assert!(
+            buffer
+                .take(|_| PathBuf::from("x.parquet"))
+                .unwrap()
+                .is_empty(),
+            "take empties the buffer"
+        );
+    }
+
+    /// Rows in a snapshot: the footers of its files plus its batches.
+    fn rows_in(snapshot: &SpanSnapshot) -> usize {
+        let in_files: usize = snapshot
+            .files
+            .iter()
+            .map(|f| {
+                let file = std::fs::File::open(&f.path).unwrap();
+                let reader =
+                    ::parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
+                ::parquet::file::reader::FileReader::metadata(&reader)
+                    .file_metadata()
+                    .num_rows() as usize
+            })
+            .sum();
+        in_files
+            + snapshot
+                .batches
+                .iter()
+                .map(|(_, b)| b.num_rows())
+                .sum::<usize>()
+    }
+
+    #[test]
+    fn a_batch_being_written_is_seen_once_at_every_step() {
+        let buffer = SpanBuffer::new(usize::MAX);
+        let tenant: Arc<str> = Arc::from("default");
+        buffer
+            .append(&tenant, &[record("a", 1), record("b", 2)])
+            .unwrap();
+        let rows = |buffer: &SpanBuffer| {
+            let (batches, writing) = buffer.snapshot().unwrap();
+            let n: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
+            (n, writing.len())
+        };
+        assert_eq!(rows(&buffer), (2, 0));
+        let taken = buffer.take(|_| PathBuf::from("p.parquet")).unwrap();
+        assert_eq!(rows(&buffer), (2, 1), "still buffered while written");
+        buffer.put_back(&taken[0].0);
+        assert_eq!(rows(&buffer), (2, 0), "back after a failed write");
+        let taken = buffer.take(|_| PathBuf::from("q.parquet")).unwrap();
+        buffer.persisted(&taken[0].0);
+        assert_eq!(rows(&buffer), (0, 0), "gone once the file is in place");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_see_every_span_once_while_flushes_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::new(dir.path(), usize::MAX, 1024, 1));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flusher = {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut flushes = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    store.flush().await.unwrap();
+                    flushes += 1;
+                    tokio::task::yield_now().await;
+                }
+                flushes
+            })
+        };
+        let tenant: Arc<str> = Arc::from("default");
+        let mut appended = 0;
+        for round in 0..200u32 {
+            let batch: Vec<SpanRecord> = (0..7).map(|i| record("s", (round + i) as u8)).collect();
+            store.buffer().append(&tenant, &batch).unwrap();
+            appended += batch.len();
+            let snapshot = tokio::task::block_in_place(|| store.snapshot().unwrap());
+            assert_eq!(rows_in(&snapshot), appended, "round {round}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let flushes = flusher.await.unwrap();
+        assert!(flushes > 1, "flushes ran alongside: {flushes}");
+        store.flush().await.unwrap();
+        let last = store.snapshot().unwrap();
+        assert!(last.batches.is_empty());
+        assert_eq!(rows_in(&last), appended);
     }
 }

@@ -95,23 +95,32 @@ impl ParquetWriter {
         Ok(builder.build())
     }
 
-    /// Writes `batches` as one file in the partition's directory; returns its path.
-    pub fn write(
-        &self,
-        key: &PartitionKey,
-        batches: &[RecordBatch],
-    ) -> Result<PathBuf, StoreError> {
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let dir = key.dir(&self.data_dir);
-        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+    /// A fresh file name in the partition's directory for the next write.
+    pub fn path_for(&self, key: &PartitionKey) -> PathBuf {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let name = format!("part-{millis}-{:016x}-{seq:06}.parquet", self.instance);
+        key.dir(&self.data_dir).join(format!(
+            "part-{millis}-{:016x}-{seq:06}.parquet",
+            self.instance
+        ))
+    }
+
+    /// Writes `batches` as the file `path` (from [`ParquetWriter::path_for`]).
+    /// Once the file is renamed into place the write counts as done: it is
+    /// visible to every reader, so reporting a failure then would have the
+    /// caller write the same spans again.
+    pub fn write(&self, path: &Path, batches: &[RecordBatch]) -> Result<(), StoreError> {
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let dir = path.parent().unwrap_or(&self.data_dir);
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp"));
-        let path = dir.join(&name);
 
         let result = (|| {
             let file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
@@ -125,14 +134,15 @@ impl ParquetWriter {
             sync_handle
                 .sync_all()
                 .map_err(|e| StoreError::io(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StoreError::io(&dir, e))
+            std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
+            return result;
         }
-        result.map(|()| path)
+        if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(%error, dir = %dir.display(), "fsync of the partition directory failed; the new file may not survive a power loss");
+        }
+        Ok(())
     }
 }

@@ -24,6 +24,35 @@ impl PartitionKey {
         }
     }
 
+    /// The partition named by the values of a `tenant=/date=/hour=` path, as
+    /// [`PartitionKey::dir`] writes them; `None` if they are not ours.
+    pub fn from_dir_values(tenant: &str, date: &str, hour: &str) -> Option<Self> {
+        let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+        let hour: u32 = hour.parse().ok().filter(|h| *h < 24)?;
+        Some(PartitionKey {
+            tenant: Arc::from(unescape(tenant)?),
+            date,
+            hour,
+        })
+    }
+
+    /// Unix nanoseconds of the first instant of this partition's hour.
+    pub fn hour_start_nanos(&self) -> i64 {
+        self.date
+            .and_hms_opt(self.hour, 0, 0)
+            .and_then(|t| t.and_utc().timestamp_nanos_opt())
+            .unwrap_or(i64::MAX)
+    }
+
+    /// The values of the `tenant`, `date` and `hour` columns.
+    pub fn column_values(&self) -> [String; 3] {
+        [
+            self.tenant.to_string(),
+            self.date.format("%Y-%m-%d").to_string(),
+            format!("{:02}", self.hour),
+        ]
+    }
+
     /// Directory of this partition's span files under the data dir.
     pub fn dir(&self, data_dir: &Path) -> PathBuf {
         data_dir
@@ -51,6 +80,27 @@ fn escape(value: &str) -> String {
     out
 }
 
+/// Inverse of [`escape`]; `None` for malformed escapes or non-UTF-8 results.
+fn unescape(value: &str) -> Option<String> {
+    if value == "%00" {
+        return Some(String::new());
+    }
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = value.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +121,21 @@ mod tests {
         assert_eq!(escape("a=b/c"), "a%3Db%2Fc");
         assert_eq!(escape(""), "%00");
         assert_eq!(escape("team-1.prod"), "team-1.prod");
+    }
+
+    #[test]
+    fn directory_values_read_back_to_the_key() {
+        for tenant in ["default", "../etc", "a=b/c", "", "ünï"] {
+            let key = PartitionKey::for_span(&Arc::from(tenant), 1_709_625_599_900_000_000);
+            let [_, date, hour] = key.column_values();
+            let parsed = PartitionKey::from_dir_values(&escape(tenant), &date, &hour);
+            assert_eq!(parsed, Some(key), "{tenant}");
+        }
+        assert_eq!(PartitionKey::from_dir_values("x", "2024-13-01", "01"), None);
+        assert_eq!(PartitionKey::from_dir_values("x", "2024-03-01", "24"), None);
+        assert_eq!(
+            PartitionKey::from_dir_values("%G0", "2024-03-01", "01"),
+            None
+        );
     }
 }

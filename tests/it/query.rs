@@ -8,7 +8,7 @@ use llmtrace::pricing::PriceBook;
 use llmtrace::query::{QueryEngine, QueryError, QueryLimits};
 use serde_json::Value;
 
-use crate::support::{load, Row, TestServer};
+use crate::support::{self, load, Row, TestServer};
 
 /// A data dir with loadgen traffic in it, and the rows as written.
 async fn loaded() -> (Vec<Row>, tempfile::TempDir) {
@@ -167,12 +167,75 @@ async fn runaway_queries_end_with_a_clear_error() {
     assert_eq!((result.row_count, result.truncated), (10, true));
 }
 
+/// POSTs `sql` to the server's query endpoint and returns the JSON answer.
+async fn ask(server: &TestServer, sql: &str) -> Value {
+    let text = reqwest::Client::new()
+        .post(server.api_url("/api/v1/query"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "sql": sql }).to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_endpoint_answers_json_csv_and_arrow() {
+async fn acknowledged_spans_are_queryable_before_any_flush() {
+    // The default 10 s flush interval: nothing reaches Parquet during the test.
+    let server = TestServer::start().await;
+    let acked = load(&server, 500, 1, None).await.acked_spans;
+    let v = ask(
+        &server,
+        "SELECT count(*), count(DISTINCT span_id) FROM spans",
+    )
+    .await;
+    assert_eq!(v["rows"][0], serde_json::json!([acked, acked]));
+    assert!(
+        support::parquet_files(&server.data_dir()).is_empty(),
+        "answered from the buffer"
+    );
+    let v = ask(
+        &server,
+        "SELECT count(*) FROM llm_calls WHERE tenant = 'default'",
+    )
+    .await;
+    assert!(v["rows"][0][0].as_u64().unwrap() > 0, "{v}");
+    let (rows, _dir) = server.stop().await;
+    assert_eq!(rows.len() as u64, acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_queries_see_each_span_once_while_flushes_run() {
     let server = TestServer::start_with(|c| {
-        c.storage.flush_interval = HumanDuration(Duration::from_millis(100));
+        c.storage.flush_interval = HumanDuration(Duration::from_millis(5));
     })
     .await;
+    let mut acked = 0;
+    for round in 0..25 {
+        acked += load(&server, 200, round, None).await.acked_spans;
+        let v = ask(
+            &server,
+            "SELECT count(*), count(DISTINCT trace_id || span_id) FROM spans",
+        )
+        .await;
+        assert_eq!(
+            v["rows"][0],
+            serde_json::json!([acked, acked]),
+            "round {round}"
+        );
+    }
+    let files = support::parquet_files(&server.data_dir()).len();
+    assert!(files > 1, "flushes ran during the test: {files} files");
+    let (rows, _dir) = server.stop().await;
+    assert_eq!(rows.len() as u64, acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoint_answers_json_csv_and_arrow() {
+    let server = TestServer::start().await;
     load(&server, 500, 1, None).await;
     let client = reqwest::Client::new();
     let url = server.api_url("/api/v1/query");
@@ -184,23 +247,6 @@ async fn http_endpoint_answers_json_csv_and_arrow() {
             .body(serde_json::json!({ "sql": sql }).to_string())
             .send()
     };
-    // Flushed spans become visible to the server's queries.
-    let mut count = 0;
-    for _ in 0..100 {
-        let v: Value = post("SELECT count(*) AS n FROM spans", "application/json")
-            .await
-            .unwrap()
-            .text()
-            .await
-            .map(|t| serde_json::from_str::<Value>(&t).unwrap())
-            .unwrap();
-        count = v["rows"][0][0].as_u64().unwrap();
-        if count >= 500 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(count >= 500, "{count}");
 
     let resp = post(
         "SELECT span_name, count(*) AS n FROM spans GROUP BY span_name ORDER BY n DESC",

@@ -1,0 +1,498 @@
+//! The `spans` table: the Parquet files of the Hive layout plus, through a
+//! running server, the spans acknowledged but not yet flushed.
+//!
+//! Each scan takes one [`SpanSnapshot`] (see `store`), so a query sees every
+//! acknowledged span exactly once. Partitions are pruned from the filters: on
+//! `tenant`, `date` and `hour` directly, and on `start_time`, since a file of
+//! partition `date=D/hour=H` holds only spans that started in that hour.
+//! Row groups are then pruned by the Parquet reader from the same filters
+//! (statistics, page index, the trace_id bloom filter).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::ExecutionPlan;
+
+use datafusion::object_store;
+
+use crate::record::span_schema;
+use crate::store::{PartitionKey, SpanSnapshot, Store};
+
+/// The partition columns of the Hive layout, in path order.
+pub const PARTITION_COLUMNS: [&str; 3] = ["tenant", "date", "hour"];
+
+/// Where a scan's snapshot comes from.
+#[derive(Clone)]
+pub enum SpanSource {
+    /// The files of a data dir, for queries without a server.
+    Dir(PathBuf),
+    /// A running store: its files and its buffer.
+    Live(Arc<Store>),
+}
+
+impl SpanSource {
+    fn snapshot(&self) -> Result<SpanSnapshot, crate::store::StoreError> {
+        match self {
+            SpanSource::Dir(dir) => SpanSnapshot::of_dir(dir),
+            SpanSource::Live(store) => store.snapshot(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SpanSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpanSource::Dir(dir) => write!(f, "Dir({})", dir.display()),
+            SpanSource::Live(_) => f.write_str("Live"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SpansTable {
+    source: SpanSource,
+    /// The file columns followed by the partition columns.
+    schema: SchemaRef,
+    partition_fields: Vec<FieldRef>,
+}
+
+impl SpansTable {
+    pub fn new(source: SpanSource) -> Self {
+        let partition_fields: Vec<FieldRef> = PARTITION_COLUMNS
+            .iter()
+            .map(|c| Arc::new(Field::new(*c, DataType::Utf8, false)))
+            .collect();
+        let file_schema = span_schema();
+        let fields: Vec<FieldRef> = file_schema
+            .fields()
+            .iter()
+            .cloned()
+            .chain(partition_fields.iter().cloned())
+            .collect();
+        SpansTable {
+            source,
+            schema: Arc::new(Schema::new(fields)),
+            partition_fields,
+        }
+    }
+
+    /// Which of `keys` can hold rows matching `filters` (all, when the
+    /// filters say nothing about partitions or cannot be analysed).
+    fn prune(&self, state: &dyn Session, filters: &[Expr], keys: &[&PartitionKey]) -> Vec<bool> {
+        let all = vec![true; keys.len()];
+        let Some(predicate) = conjunction(filters.iter().cloned()) else {
+            return all;
+        };
+        let pruned = (|| {
+            let df_schema = DFSchema::try_from(self.schema.clone())?;
+            let physical = state.create_physical_expr(predicate, &df_schema)?;
+            let Some(predicate) = PruningPredicateBuilder::new()
+                .with_file_schema(self.schema.clone())
+                .build(physical)
+            else {
+                return Ok(all.clone());
+            };
+            predicate.prune(&PartitionStatistics::new(keys, &self.schema)?)
+        })();
+        pruned.unwrap_or_else(|e: DataFusionError| {
+            tracing::debug!(error = %e, "partition pruning skipped");
+            all
+        })
+    }
+
+    async fn file_scan(
+        &self,
+        state: &dyn Session,
+        files: Vec<PartitionedFile>,
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let table_schema = TableSchema::builder(span_schema())
+            .with_table_partition_cols(self.partition_fields.clone())
+            .build();
+        let groups = FileGroup::new(files).split_files(state.config().target_partitions());
+        let config = FileScanConfigBuilder::new(
+            ObjectStoreUrl::local_filesystem(),
+            format.file_source(table_schema),
+        )
+        .with_file_groups(groups)
+        .with_projection_indices(projection.cloned())?
+        .with_limit(limit)
+        .build();
+        format.create_physical_plan(state, config).await
+    }
+
+    /// Buffered batches with their partition columns added, spread over
+    /// `partitions` streams.
+    fn memory_scan(
+        &self,
+        batches: Vec<(PartitionKey, RecordBatch)>,
+        partitions: usize,
+        projection: Option<&Vec<usize>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions.max(1)];
+        for (i, (key, batch)) in batches.into_iter().enumerate() {
+            let rows = batch.num_rows();
+            let mut columns = batch.columns().to_vec();
+            for value in key.column_values() {
+                columns.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    value, rows,
+                ))) as ArrayRef);
+            }
+            let n = parts.len();
+            parts[i % n].push(RecordBatch::try_new(self.schema.clone(), columns)?);
+        }
+        parts.retain(|p| !p.is_empty());
+        Ok(MemorySourceConfig::try_new_exec(
+            &parts,
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+#[async_trait]
+impl TableProvider for SpansTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    /// Filters only prune here; rows are still filtered above the scan.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let source = self.source.clone();
+        let snapshot = tokio::task::spawn_blocking(move || source.snapshot())
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let keys: Vec<&PartitionKey> = snapshot
+            .files
+            .iter()
+            .map(|f| &f.key)
+            .chain(snapshot.batches.iter().map(|(k, _)| k))
+            .collect();
+        let keep = self.prune(state, filters, &keys);
+        let (keep_files, keep_batches) = keep.split_at(snapshot.files.len());
+
+        let mut files = Vec::new();
+        for (file, _) in snapshot.files.iter().zip(keep_files).filter(|(_, k)| **k) {
+            let location = object_store::path::Path::from_absolute_path(&file.path)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let meta = object_store::ObjectMeta {
+                location,
+                last_modified: file.modified.into(),
+                size: file.size,
+                e_tag: None,
+                version: None,
+            };
+            let values = file.key.column_values().map(|v| ScalarValue::Utf8(Some(v)));
+            files.push(PartitionedFile::new_from_meta(meta).with_partition_values(values.to_vec()));
+        }
+        let batches: Vec<(PartitionKey, RecordBatch)> = snapshot
+            .batches
+            .into_iter()
+            .zip(keep_batches)
+            .filter_map(|(b, k)| k.then_some(b))
+            .collect();
+
+        let mut inputs = Vec::new();
+        if !files.is_empty() {
+            inputs.push(self.file_scan(state, files, projection, limit).await?);
+        }
+        if !batches.is_empty() {
+            let partitions = state.config().target_partitions();
+            inputs.push(self.memory_scan(batches, partitions, projection)?);
+        }
+        if inputs.is_empty() {
+            let schema = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => self.schema.clone(),
+            };
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
+        UnionExec::try_new(inputs)
+    }
+}
+
+/// Partitions as pruning containers: `tenant`, `date` and `hour` take one
+/// value each, `start_time` spans the partition's hour.
+struct PartitionStatistics {
+    values: [StringArray; 3],
+    start_min: ArrayRef,
+    start_max: ArrayRef,
+}
+
+impl PartitionStatistics {
+    fn new(keys: &[&PartitionKey], schema: &Schema) -> Result<Self> {
+        let column = |i: usize| -> StringArray {
+            keys.iter()
+                .map(|k| Some(k.column_values()[i].clone()))
+                .collect()
+        };
+        const HOUR_NANOS: i64 = 3_600_000_000_000;
+        let start_type = schema.field_with_name("start_time")?.data_type();
+        let starts = Int64Array::from_iter_values(keys.iter().map(|k| k.hour_start_nanos()));
+        let ends = Int64Array::from_iter_values(
+            keys.iter()
+                .map(|k| k.hour_start_nanos().saturating_add(HOUR_NANOS - 1)),
+        );
+        Ok(PartitionStatistics {
+            values: [column(0), column(1), column(2)],
+            start_min: datafusion::arrow::compute::cast(&starts, start_type)?,
+            start_max: datafusion::arrow::compute::cast(&ends, start_type)?,
+        })
+    }
+
+    fn partition_value(&self, column: &Column) -> Option<&StringArray> {
+        PARTITION_COLUMNS
+            .iter()
+            .position(|c| *c == column.name())
+            .map(|i| &self.values[i])
+    }
+}
+
+impl PruningStatistics for PartitionStatistics {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        if column.name() == "start_time" {
+            return Some(self.start_min.clone());
+        }
+        self.partition_value(column)
+            .map(|a| Arc::new(a.clone()) as ArrayRef)
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        if column.name() == "start_time" {
+            return Some(self.start_max.clone());
+        }
+        self.partition_value(column)
+            .map(|a| Arc::new(a.clone()) as ArrayRef)
+    }
+
+    fn num_containers(&self) -> usize {
+        self.values[0].len()
+    }
+
+    fn null_counts(&self, _column: &Column) -> Option<ArrayRef> {
+        None
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        None
+    }
+
+    #[allow(clippy::mutable_key_type)] // the trait's signature
+    fn contained(&self, column: &Column, values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        let column = self.partition_value(column)?;
+        Some(
+            (0..column.len())
+                .map(|i| {
+                    let v = ScalarValue::Utf8(Some(column.value(i).to_owned()));
+                    Some(values.contains(&v))
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pricing::PriceBook;
+    use crate::query::{QueryEngine, QueryLimits};
+    use crate::record::SpanRecord;
+    use datafusion::logical_expr::{col, lit};
+    use datafusion::prelude::SessionContext;
+
+    /// 2024-03-05T10:00:00Z
+    const TEN: i64 = 1_709_632_800_000_000_000;
+    const HOUR: i64 = 3_600_000_000_000;
+
+    fn spans_at(start: i64, n: u8) -> Vec<SpanRecord> {
+        (0..n)
+            .map(|i| {
+                let mut r = SpanRecord::sample("call", i);
+                r.start_unix_nano = start + i as i64;
+                r.end_unix_nano = start + i as i64 + 1_000_000;
+                r
+            })
+            .collect()
+    }
+
+    /// Hours 10 and 11 flushed to files (11 under an awkward tenant name),
+    /// hour 12 still in the buffer.
+    async fn store() -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::new(dir.path(), usize::MAX, 1024, 1));
+        let buffer = store.buffer();
+        buffer
+            .append(&Arc::from("default"), &spans_at(TEN, 3))
+            .unwrap();
+        buffer
+            .append(&Arc::from("a/b=%c"), &spans_at(TEN + HOUR, 4))
+            .unwrap();
+        store.flush().await.unwrap();
+        buffer
+            .append(&Arc::from("default"), &spans_at(TEN + 2 * HOUR, 5))
+            .unwrap();
+        (dir, store)
+    }
+
+    async fn text(engine: &QueryEngine, sql: &str) -> String {
+        let result = engine.run(sql).await.unwrap();
+        datafusion::arrow::util::pretty::pretty_format_batches(&result.batches)
+            .unwrap()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn files_and_buffer_answer_together_with_partition_columns() {
+        let (_dir, store) = store().await;
+        let engine = QueryEngine::live(store, &PriceBook::default_book(), QueryLimits::default())
+            .await
+            .unwrap();
+        let got = text(
+            &engine,
+            "SELECT tenant, date, hour, count(*) AS n FROM spans GROUP BY 1, 2, 3 ORDER BY 3",
+        )
+        .await;
+        let want = "\
++---------+------------+------+---+
+| tenant  | date       | hour | n |
++---------+------------+------+---+
+| default | 2024-03-05 | 10   | 3 |
+| a/b=%c  | 2024-03-05 | 11   | 4 |
+| default | 2024-03-05 | 12   | 5 |
++---------+------------+------+---+";
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn start_time_and_partition_filters_prune_partitions() {
+        let (dir, store) = store().await;
+        let table = SpansTable::new(SpanSource::Live(store.clone()));
+        let snapshot = store.snapshot().unwrap();
+        let mut keys: Vec<&PartitionKey> = snapshot.files.iter().map(|f| &f.key).collect();
+        keys.extend(snapshot.batches.iter().map(|(k, _)| k));
+        let hours: Vec<u32> = keys.iter().map(|k| k.hour).collect();
+        let ctx = SessionContext::new();
+        let state = ctx.state();
+        let ts = |nanos: i64| {
+            lit(ScalarValue::TimestampNanosecond(
+                Some(nanos),
+                Some("UTC".into()),
+            ))
+        };
+        let kept = |filters: Vec<Expr>| -> Vec<u32> {
+            let keep = table.prune(&state, &filters, &keys);
+            hours
+                .iter()
+                .zip(keep)
+                .filter(|(_, k)| *k)
+                .map(|(h, _)| *h)
+                .collect()
+        };
+        let mut all = hours.clone();
+        all.sort();
+        assert_eq!(all, vec![10, 11, 12]);
+        let sorted = |mut v: Vec<u32>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted(kept(vec![col("start_time").gt_eq(ts(TEN + HOUR + 5))])),
+            vec![11, 12]
+        );
+        assert_eq!(
+            sorted(kept(vec![col("start_time").lt(ts(TEN + HOUR))])),
+            vec![10]
+        );
+        assert_eq!(
+            sorted(kept(vec![
+                col("start_time").between(ts(TEN + 10), ts(TEN + HOUR - 1))
+            ])),
+            vec![10]
+        );
+        assert_eq!(sorted(kept(vec![col("hour").eq(lit("12"))])), vec![12]);
+        assert_eq!(
+            sorted(kept(vec![col("tenant").eq(lit("a/b=%c"))])),
+            vec![11]
+        );
+        assert_eq!(
+            sorted(kept(vec![
+                col("tenant").in_list(vec![lit("default")], false)
+            ])),
+            vec![10, 12]
+        );
+        assert_eq!(
+            sorted(kept(vec![col("date").lt(lit("2024-03-05"))])),
+            Vec::<u32>::new()
+        );
+        // Filters on other columns keep everything.
+        assert_eq!(
+            sorted(kept(vec![col("span_name").eq(lit("x"))])),
+            vec![10, 11, 12]
+        );
+
+        // And through SQL: the plan reads only the file of hour 11.
+        let engine = QueryEngine::open(
+            dir.path(),
+            &PriceBook::default_book(),
+            QueryLimits::default(),
+        )
+        .await
+        .unwrap();
+        let plan = text(
+            &engine,
+            "EXPLAIN SELECT count(*) FROM spans WHERE start_time >= TIMESTAMP '2024-03-05T11:00:00Z'",
+        )
+        .await;
+        assert!(plan.contains("hour=11"), "{plan}");
+        assert!(!plan.contains("hour=10"), "{plan}");
+        let n = text(
+            &engine,
+            "SELECT count(*) AS n FROM spans WHERE start_time >= TIMESTAMP '2024-03-05T11:00:00Z'",
+        )
+        .await;
+        assert!(n.contains("| 4 |"), "{n}");
+    }
+}

@@ -1,0 +1,127 @@
+//! The span files on disk: a walk of `spans/tenant=T/date=D/hour=H/*.parquet`
+//! that reads each file's partition from its directory names.
+//!
+//! Files being written have a hidden temp name and are skipped; directories
+//! that are not ours (foreign names, unparsable values) are skipped with a
+//! debug log rather than failing every query.
+
+use std::path::{Path, PathBuf};
+
+use super::partition::PartitionKey;
+use super::StoreError;
+
+/// One Parquet file of spans and the partition it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanFile {
+    pub key: PartitionKey,
+    pub path: PathBuf,
+    pub size: u64,
+    /// Readers cache footers by path, size and this time.
+    pub modified: std::time::SystemTime,
+}
+
+/// Entries of `dir` whose name is `{prefix}=value`, with the value. A missing
+/// directory (never created, or removed while we walk) has none.
+fn partition_dirs(dir: &Path, prefix: &str) -> Result<Vec<(String, PathBuf)>, StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(value) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_prefix('='))
+        else {
+            tracing::debug!(path = %entry.path().display(), "not a {prefix}= directory; skipped");
+            continue;
+        };
+        out.push((value.to_owned(), entry.path()));
+    }
+    Ok(out)
+}
+
+/// Every span file under `data_dir/spans`, in path order.
+pub fn list_span_files(data_dir: &Path) -> Result<Vec<SpanFile>, StoreError> {
+    let mut files = Vec::new();
+    for (tenant, tenant_dir) in partition_dirs(&data_dir.join("spans"), "tenant")? {
+        for (date, date_dir) in partition_dirs(&tenant_dir, "date")? {
+            for (hour, hour_dir) in partition_dirs(&date_dir, "hour")? {
+                let Some(key) = PartitionKey::from_dir_values(&tenant, &date, &hour) else {
+                    tracing::debug!(path = %hour_dir.display(), "unparsable partition; skipped");
+                    continue;
+                };
+                let entries = match std::fs::read_dir(&hour_dir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StoreError::io(&hour_dir, e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| StoreError::io(&hour_dir, e))?;
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    if name.starts_with('.') || !name.ends_with(".parquet") {
+                        continue;
+                    }
+                    let (size, modified) = match entry.metadata() {
+                        Ok(m) if m.is_file() => {
+                            (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH))
+                        }
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(StoreError::io(&entry.path(), e)),
+                    };
+                    files.push(SpanFile {
+                        key: key.clone(),
+                        path: entry.path(),
+                        size,
+                        modified,
+                    });
+                }
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn reads_partitions_from_directory_names_and_skips_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PartitionKey::for_span(&Arc::from("team a/b"), 1_709_625_599_900_000_000);
+        let part = key.dir(dir.path());
+        std::fs::create_dir_all(&part).unwrap();
+        std::fs::write(part.join("part-1.parquet"), b"x").unwrap();
+        std::fs::write(part.join(".part-2.parquet.tmp"), b"x").unwrap();
+        std::fs::write(part.join("notes.txt"), b"x").unwrap();
+        std::fs::create_dir_all(dir.path().join("spans/tenant=x/date=garbage/hour=01")).unwrap();
+        std::fs::write(
+            dir.path()
+                .join("spans/tenant=x/date=garbage/hour=01/a.parquet"),
+            b"x",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("spans/other")).unwrap();
+
+        let files = list_span_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(files[0].key, key);
+        assert_eq!(files[0].path, part.join("part-1.parquet"));
+        assert_eq!(files[0].size, 1);
+    }
+
+    #[test]
+    fn a_missing_spans_dir_has_no_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(list_span_files(dir.path()).unwrap().is_empty());
+    }
+}
