@@ -45,6 +45,47 @@ pub struct Config {
     pub storage: StorageConfig,
     pub pricing: PricingConfig,
     pub query: QueryConfig,
+    pub aggregate: AggregateSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AggregateSection {
+    /// Significant digits of the latency and TTFT HdrHistograms (0 to 5).
+    pub significant_digits: u8,
+    /// Open (minute, key) cells before new keys are counted under `_overflow`.
+    pub max_live_keys: usize,
+    /// How long after a minute ends its cells wait for late spans.
+    pub close_after: HumanDuration,
+    /// How long closed minutes stay in memory for /api/v1/stats.
+    pub retention: HumanDuration,
+    /// Label sets of the Prometheus GenAI metrics before `_overflow`.
+    pub max_metric_series: usize,
+}
+
+impl Default for AggregateSection {
+    fn default() -> Self {
+        let d = crate::aggregate::AggregateConfig::default();
+        Self {
+            significant_digits: d.digits,
+            max_live_keys: d.max_live_keys,
+            close_after: HumanDuration(d.close_after),
+            retention: HumanDuration(d.retention),
+            max_metric_series: d.max_metric_series,
+        }
+    }
+}
+
+impl AggregateSection {
+    pub fn config(&self) -> crate::aggregate::AggregateConfig {
+        crate::aggregate::AggregateConfig {
+            digits: self.significant_digits,
+            max_live_keys: self.max_live_keys,
+            close_after: self.close_after.0,
+            retention: self.retention.0,
+            max_metric_series: self.max_metric_series,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,6 +182,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             pricing: PricingConfig::default(),
             query: QueryConfig::default(),
+            aggregate: AggregateSection::default(),
         }
     }
 }
@@ -243,6 +285,18 @@ impl Config {
         }
         if self.query.timeout.0.is_zero() {
             return invalid("query.timeout", "must be greater than 0");
+        }
+        if self.aggregate.significant_digits > crate::aggregate::hdr::MAX_DIGITS {
+            return invalid("aggregate.significant_digits", "must be between 0 and 5");
+        }
+        if self.aggregate.max_live_keys == 0 {
+            return invalid("aggregate.max_live_keys", "must be greater than 0");
+        }
+        if self.aggregate.max_metric_series == 0 {
+            return invalid("aggregate.max_metric_series", "must be greater than 0");
+        }
+        if self.aggregate.retention.0 < Duration::from_secs(60) {
+            return invalid("aggregate.retention", "must be at least 1m");
         }
         if self.ingest.max_attribute_value_bytes.0 < 16 {
             return invalid("ingest.max_attribute_value_bytes", "must be at least 16");

@@ -5,12 +5,14 @@
 //! seam makes accepted requests durable, and [`store`] buffers rows and writes
 //! them to Parquet. [`serve`] wires the daemon together; [`api`] serves health.
 
+pub mod aggregate;
 pub mod api;
 pub mod config;
 pub mod demo;
 pub mod genai;
 pub mod ingest;
 pub mod loadgen;
+pub mod metrics;
 pub mod pricing;
 pub mod query;
 pub mod record;

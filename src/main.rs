@@ -155,6 +155,11 @@ struct LoadgenArgs {
     /// [default: so the traffic ends now]. Fixed, the data is the same on every run.
     #[arg(long)]
     start: Option<humantime::Timestamp>,
+    /// Spans per second of simulated time, spacing trace start times
+    /// [default: --rate, or 100000 when unlimited]; e.g. 2 spreads 5M spans
+    /// over 29 days of timeline.
+    #[arg(long, value_name = "SPANS_PER_S")]
+    timeline_rate: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -279,6 +284,7 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
                     .map_err(|_| anyhow::anyhow!("--start before 1970"))
             })
             .transpose()?,
+        timeline_rate: args.timeline_rate,
     };
     let report = runtime()?.block_on(llmtrace::loadgen::run(options))?;
     print!("{report}");

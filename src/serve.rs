@@ -10,12 +10,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::aggregate::{rollup, Aggregator, Rollup};
 use crate::api::{self, Readiness};
 use crate::config::Config;
 use crate::ingest::{self, grpc::TraceService, Pipeline};
+use crate::metrics::Metrics;
 use crate::pricing::PriceBook;
 use crate::query::QueryEngine;
-use crate::store::{Store, StoreError};
+use crate::store::{RollupWriter, Store, StoreError};
 use crate::wal::NoWal;
 
 /// HTTP/2 flow-control windows of the gRPC receiver.
@@ -46,6 +48,60 @@ pub enum ServeError {
     Pricing(#[from] crate::pricing::PricingError),
     #[error("query engine: {0}")]
     Query(#[from] crate::query::QueryError),
+    #[error("config section [aggregate]: {0}")]
+    Aggregate(#[from] crate::aggregate::AggregateError),
+}
+
+/// How often closed minutes are looked for and written to rollups/.
+const ROLLUP_TICK: Duration = Duration::from_secs(5);
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes rollup rows, keeping those whose write failed for the next call.
+struct RollupSink {
+    writer: RollupWriter,
+    pending: Vec<Arc<Rollup>>,
+    metrics: Arc<Metrics>,
+}
+
+impl RollupSink {
+    fn write(&mut self, rows: Vec<Arc<Rollup>>) {
+        self.pending.extend(rows);
+        if self.pending.is_empty() {
+            return;
+        }
+        let rows = std::mem::take(&mut self.pending);
+        let parts = match rollup::to_batches(&rows) {
+            Ok(parts) => parts,
+            Err(error) => {
+                tracing::error!(%error, "rollup rows could not be encoded");
+                self.metrics.rollups_written(0, true);
+                return;
+            }
+        };
+        for (tenant, date, batch) in parts {
+            match self.writer.write(&tenant, date, &batch) {
+                Ok(path) => {
+                    tracing::debug!(path = %path.display(), rows = batch.num_rows(), "wrote rollups");
+                    self.metrics.rollups_written(batch.num_rows(), false);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "rollup write failed; retrying at the next tick");
+                    self.metrics.rollups_written(0, true);
+                    self.pending.extend(
+                        rows.iter()
+                            .filter(|r| r.key.tenant() == &*tenant && r.date() == date)
+                            .cloned(),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Addresses actually bound (port 0 resolved).
@@ -65,6 +121,8 @@ pub struct RunningServer {
     grace: Duration,
     receivers: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
     flusher: JoinHandle<()>,
+    aggregator: Arc<Aggregator>,
+    roller: JoinHandle<RollupSink>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -115,12 +173,26 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         models = prices.entries.len(),
         "price book loaded"
     );
-    let query = Arc::new(QueryEngine::live(store.clone(), &prices, config.query.limits()).await?);
+    // The rollups table lists rollups/ at each query, so it must exist first.
+    let rollups_dir = config.data_dir.join("rollups");
+    std::fs::create_dir_all(&rollups_dir).map_err(|source| ServeError::DataDir {
+        path: rollups_dir,
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let aggregator = Arc::new(Aggregator::new(config.aggregate.config())?);
+    let query = Arc::new(
+        QueryEngine::live(store.clone(), &prices, config.query.limits())
+            .await?
+            .with_metrics(metrics.clone()),
+    );
     let pipeline = Arc::new(Pipeline::new(
         limits,
         prices,
         Arc::new(NoWal),
         store.clone(),
+        aggregator.clone(),
+        metrics.clone(),
     ));
 
     let grpc_listener = bind("grpc", config.server.grpc_addr).await?;
@@ -169,11 +241,18 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
     );
     let api = spawn_axum(
         api_listener,
-        api::router(readiness.clone(), query),
+        api::router(api::ApiState {
+            readiness: readiness.clone(),
+            query,
+            aggregator: aggregator.clone(),
+            metrics: metrics.clone(),
+            store: store.clone(),
+        }),
         stop_rx.clone(),
     );
     let flusher = {
         let store = store.clone();
+        let metrics = metrics.clone();
         let interval = storage.flush_interval.0;
         let mut stop_rx = stop_rx.clone();
         tokio::spawn(async move {
@@ -183,10 +262,44 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
                     _ = store.buffer().wait_full() => {}
                     _ = stop_rx.wait_for(|stop| *stop) => break,
                 }
-                if let Err(error) = store.flush().await {
-                    tracing::error!(%error, "flush failed");
+                let started = std::time::Instant::now();
+                match store.flush().await {
+                    Ok(stats) => {
+                        if stats.rows + stats.failed_rows > 0 {
+                            metrics.flushed(started.elapsed(), stats.rows, stats.failed_rows > 0);
+                        }
+                    }
+                    Err(error) => {
+                        metrics.flushed(started.elapsed(), 0, true);
+                        tracing::error!(%error, "flush failed");
+                    }
                 }
             }
+        })
+    };
+    let roller = {
+        let aggregator = aggregator.clone();
+        let mut sink = RollupSink {
+            writer: RollupWriter::new(&config.data_dir),
+            pending: Vec::new(),
+            metrics: metrics.clone(),
+        };
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(ROLLUP_TICK) => {}
+                    _ = stop_rx.wait_for(|stop| *stop) => break,
+                }
+                let rows = aggregator.close_due(now_nanos());
+                sink = tokio::task::spawn_blocking(move || {
+                    sink.write(rows);
+                    sink
+                })
+                .await
+                .expect("rollup writing does not panic");
+            }
+            sink
         })
     };
 
@@ -206,6 +319,8 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         grace: config.server.shutdown_grace.0,
         receivers: vec![("grpc", grpc), ("http", http), ("api", api)],
         flusher,
+        aggregator,
+        roller,
     })
 }
 
@@ -238,6 +353,20 @@ impl RunningServer {
             }
         }
         let _ = self.flusher.await;
+        // Every open minute is written, finished or not: a later run adds
+        // its own rows for the same minute, and queries sum them.
+        match self.roller.await {
+            Ok(mut sink) => {
+                sink.write(self.aggregator.close_all(now_nanos()));
+                if !sink.pending.is_empty() {
+                    tracing::error!(
+                        rows = sink.pending.len(),
+                        "rollup rows could not be written at shutdown"
+                    );
+                }
+            }
+            Err(error) => tracing::error!(%error, "rollup task failed"),
+        }
         for attempt in 1..=FINAL_FLUSH_ATTEMPTS {
             let stats = self.store.flush().await?;
             if stats.failed_rows == 0 {

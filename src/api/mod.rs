@@ -1,5 +1,8 @@
-//! The HTTP API (default 127.0.0.1:8080): health, readiness, and SQL
-//! (`POST /api/v1/query`); stats, alerts and metrics join it as they are built.
+//! The HTTP API (default 127.0.0.1:8080): health, readiness, SQL
+//! (`POST /api/v1/query`), live stats (`GET /api/v1/stats`) and Prometheus
+//! metrics (`GET /metrics`).
+
+mod stats;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,7 +14,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::aggregate::Aggregator;
+use crate::metrics::{Gauges, Metrics};
 use crate::query::{format, QueryEngine, QueryError};
+use crate::store::Store;
 
 /// Whether the collector accepts data: false until the receivers are bound and
 /// again once shutdown has begun, so load balancers drain it first.
@@ -27,18 +33,45 @@ impl Readiness {
     }
 }
 
+/// What the API reads from.
 #[derive(Clone)]
-struct ApiState {
-    readiness: Readiness,
-    query: Arc<QueryEngine>,
+pub struct ApiState {
+    pub readiness: Readiness,
+    pub query: Arc<QueryEngine>,
+    pub aggregator: Arc<Aggregator>,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<Store>,
 }
 
-pub fn router(readiness: Readiness, query: Arc<QueryEngine>) -> Router {
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/api/v1/query", post(run_query))
-        .with_state(ApiState { readiness, query })
+        .route("/api/v1/stats", get(stats::stats))
+        .route("/metrics", get(prometheus))
+        .with_state(state)
+}
+
+async fn prometheus(State(state): State<ApiState>) -> Response {
+    let counts = state.aggregator.stats_counts();
+    let gauges = Gauges {
+        buffer_bytes: state.store.buffer().bytes() as u64,
+        open_cells: counts.open_cells as u64,
+        overflowed_calls: counts.overflowed_calls,
+    };
+    let mut out = String::with_capacity(16 << 10);
+    state.metrics.render(gauges, &mut out);
+    state.aggregator.render_prometheus(&mut out);
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 async fn ready(State(state): State<ApiState>) -> (StatusCode, &'static str) {

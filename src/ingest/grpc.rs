@@ -17,6 +17,7 @@ use tonic::{Code, Status};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 use super::Pipeline;
+use crate::metrics::Rejection;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -76,12 +77,34 @@ where
                 Ok(Status::unimplemented("only TraceService/Export is served").into_http())
             });
         }
-        let export = Export(self.pipeline.clone());
+        let pipeline = self.pipeline.clone();
+        let export = Export(pipeline.clone());
         let mut grpc = tonic::server::Grpc::new(OtlpCodec)
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(self.max_decoding_message_size);
-        Box::pin(async move { Ok(grpc.unary(export, req).await) })
+        Box::pin(async move {
+            let response = grpc.unary(export, req).await;
+            // Failures before the pipeline (decoding, limits) only show in
+            // the status tonic answered with.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map(Code::from_i32);
+            let reason = match code {
+                None | Some(Code::Ok) => None,
+                Some(Code::ResourceExhausted | Code::OutOfRange) => Some(Rejection::TooLarge),
+                Some(Code::Unimplemented) => Some(Rejection::Unsupported),
+                Some(Code::InvalidArgument) => Some(Rejection::Malformed),
+                Some(_) => Some(Rejection::Internal),
+            };
+            if let Some(reason) = reason {
+                pipeline.metrics().request_rejected(reason);
+            }
+            Ok(response)
+        })
     }
 }
 

@@ -20,6 +20,7 @@ use prost::Message;
 
 use super::body::{self, BodyError, Format};
 use super::{ExportOutcome, Pipeline};
+use crate::metrics::Rejection;
 
 /// Every path that accepts OTLP/HTTP traces.
 pub const TRACE_PATHS: &[&str] = &[
@@ -69,6 +70,15 @@ impl Failure {
             http: StatusCode::BAD_REQUEST,
             grpc_code: INVALID_ARGUMENT,
             message: message.into(),
+        }
+    }
+
+    fn reason(&self) -> Rejection {
+        match self.http {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Rejection::Unsupported,
+            StatusCode::PAYLOAD_TOO_LARGE => Rejection::TooLarge,
+            s if s.is_server_error() => Rejection::Internal,
+            _ => Rejection::Malformed,
         }
     }
 
@@ -129,11 +139,20 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     let format = match body::format(header_str(&headers, header::CONTENT_TYPE)) {
         Ok(f) => f,
         // Unknown content type: answer in JSON, the form a person can read.
-        Err(e) => return Failure::from(e).respond(Format::Json),
+        Err(e) => {
+            state
+                .pipeline
+                .metrics()
+                .request_rejected(Rejection::Unsupported);
+            return Failure::from(e).respond(Format::Json);
+        }
     };
     match receive(&state, &headers, body, format).await {
         Ok(outcome) => success(outcome, format),
-        Err(failure) => failure.respond(format),
+        Err(failure) => {
+            state.pipeline.metrics().request_rejected(failure.reason());
+            failure.respond(format)
+        }
     }
 }
 

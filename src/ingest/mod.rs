@@ -16,6 +16,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 pub use normalise::Limits;
 
+use crate::aggregate::Aggregator;
+use crate::metrics::Metrics;
 use crate::pricing::PriceBook;
 use crate::store::{Store, StoreError};
 use crate::wal::{WalError, WriteAheadLog};
@@ -78,6 +80,8 @@ pub struct Pipeline {
     prices: Arc<PriceBook>,
     wal: Arc<dyn WriteAheadLog>,
     store: Arc<Store>,
+    aggregator: Arc<Aggregator>,
+    metrics: Arc<Metrics>,
     tenant: Arc<str>,
     response_ids: dedup::ResponseIds,
 }
@@ -88,15 +92,23 @@ impl Pipeline {
         prices: Arc<PriceBook>,
         wal: Arc<dyn WriteAheadLog>,
         store: Arc<Store>,
+        aggregator: Arc<Aggregator>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             limits,
             prices,
             wal,
             store,
+            aggregator,
+            metrics,
             tenant: Arc::from(DEFAULT_TENANT),
             response_ids: dedup::ResponseIds::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Normalises, logs and buffers a request. When this returns Ok the
@@ -104,14 +116,26 @@ impl Pipeline {
     pub fn export(&self, request: ExportTraceServiceRequest) -> Result<ExportOutcome, IngestError> {
         // Logged as received: replay runs the same validation again.
         self.wal.append(&self.tenant, &request)?;
-        let mut normalised =
-            normalise::normalise(request, &self.limits, &self.prices, SystemTime::now());
+        let now = SystemTime::now();
+        let mut normalised = normalise::normalise(request, &self.limits, &self.prices, now);
         self.response_ids.dedup(&mut normalised.records);
         if !normalised.records.is_empty() {
             self.store
                 .buffer()
                 .append(&self.tenant, &normalised.records)?;
+            let now_nanos = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64);
+            self.aggregator
+                .record(&self.tenant, &normalised.records, now_nanos);
         }
+        let llm_calls = normalised
+            .records
+            .iter()
+            .filter(|r| r.facts.llm.is_some())
+            .count();
+        self.metrics
+            .request(normalised.records.len(), llm_calls, normalised.rejected);
         if normalised.rejected > 0 {
             tracing::debug!(
                 rejected = normalised.rejected,

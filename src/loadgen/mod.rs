@@ -73,6 +73,10 @@ pub struct Options {
     /// Start of the first trace (Unix ns); default: so the traffic ends now.
     /// Fixed, it makes the whole data set the same on every run (golden tests).
     pub start_unix_nano: Option<u64>,
+    /// Spans per second of simulated time, which spaces trace start times
+    /// [default: `rate`, or 100k when unlimited]. Low values spread a fast
+    /// run over days of timeline (rollup benchmarks, multi-minute tests).
+    pub timeline_rate: Option<f64>,
 }
 
 impl Default for Options {
@@ -89,6 +93,7 @@ impl Default for Options {
             pool: 128,
             progress: true,
             start_unix_nano: None,
+            timeline_rate: None,
         }
     }
 }
@@ -175,7 +180,10 @@ impl Pool {
         };
         // Pace trace start times like the requested rate (100k spans/s when
         // unlimited), ending now, so replays continue the timeline.
-        let nominal_rate = if opts.rate > 0 { opts.rate } else { 100_000 } as f64;
+        let nominal_rate = opts
+            .timeline_rate
+            .filter(|r| *r > 0.0)
+            .unwrap_or(if opts.rate > 0 { opts.rate } else { 100_000 } as f64);
         let per_trace = Workload::spans_per_trace(opts.seed);
         let gap_ns = (per_trace / nominal_rate * 1e9) as u64;
         let traces_estimate = (opts.pool * opts.batch) as f64 / per_trace;

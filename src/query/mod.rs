@@ -6,6 +6,7 @@
 //! a row cap.
 
 pub mod format;
+mod hdr_udf;
 pub mod reports;
 mod spans_table;
 mod udf;
@@ -16,13 +17,18 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{ArrayRef, Float64Builder, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::ListingOptions;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use rust_decimal::prelude::ToPrimitive;
 
+use crate::aggregate::rollup::rollup_schema;
+use crate::metrics::Metrics;
 use crate::pricing::PriceBook;
 use crate::store::Store;
 use spans_table::{SpanSource, SpansTable};
@@ -107,6 +113,7 @@ pub struct QueryResult {
 pub struct QueryEngine {
     ctx: SessionContext,
     limits: QueryLimits,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The `prices` table: one row per price entry and service tier.
@@ -165,6 +172,48 @@ fn prices_table(book: &PriceBook) -> Result<MemTable, DataFusionError> {
     MemTable::try_new(schema, vec![vec![batch]])
 }
 
+/// The `rollups` table: the rollup files, partitioned by tenant and date;
+/// empty (with the same columns) while none exist.
+async fn register_rollups(ctx: &SessionContext, data_dir: &Path) -> Result<(), QueryError> {
+    let partitions = || {
+        ["tenant", "date"]
+            .iter()
+            .map(|c| ((*c).to_owned(), DataType::Utf8))
+            .collect::<Vec<_>>()
+    };
+    let dir = data_dir.join("rollups");
+    if dir.is_dir() {
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(partitions());
+        ctx.register_listing_table(
+            "rollups",
+            format!("{}/", dir.display()),
+            options,
+            Some(rollup_schema()),
+            None,
+        )
+        .await
+        .map_err(classify)?;
+    } else {
+        let mut fields: Vec<Field> = rollup_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(
+            partitions()
+                .into_iter()
+                .map(|(n, t)| Field::new(n, t, false)),
+        );
+        let schema = Arc::new(Schema::new(fields));
+        let table = MemTable::try_new(schema, vec![vec![]]).map_err(classify)?;
+        ctx.register_table("rollups", Arc::new(table))
+            .map_err(classify)?;
+    }
+    Ok(())
+}
+
 impl QueryEngine {
     /// A query engine over the data dir's Parquet files.
     pub async fn open(
@@ -175,7 +224,13 @@ impl QueryEngine {
         if !data_dir.is_dir() {
             return Err(QueryError::NoDataDir(data_dir.display().to_string()));
         }
-        Self::new(SpanSource::Dir(data_dir.to_owned()), prices, limits).await
+        Self::new(
+            SpanSource::Dir(data_dir.to_owned()),
+            data_dir,
+            prices,
+            limits,
+        )
+        .await
     }
 
     /// A query engine over a running store: its files and the spans it has
@@ -185,17 +240,28 @@ impl QueryEngine {
         prices: &PriceBook,
         limits: QueryLimits,
     ) -> Result<Self, QueryError> {
-        Self::new(SpanSource::Live(store), prices, limits).await
+        let data_dir = store.data_dir().to_owned();
+        Self::new(SpanSource::Live(store), &data_dir, prices, limits).await
+    }
+
+    /// Counts this engine's queries in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn new(
         source: SpanSource,
+        data_dir: &Path,
         prices: &PriceBook,
         limits: QueryLimits,
     ) -> Result<Self, QueryError> {
-        // File footers are cached (files never change once written); the
-        // file list is not, as each scan takes its own snapshot.
+        // File footers are cached (files never change once written); file
+        // lists are not: spans scans take their own snapshot, and the
+        // rollups listing must show files written a moment ago.
+        let cache = CacheManagerConfig::default().with_list_files_cache_limit(0);
         let runtime = RuntimeEnvBuilder::new()
+            .with_cache_manager(cache)
             .with_memory_limit(limits.memory_bytes, 1.0)
             .build_arc()
             .map_err(classify)?;
@@ -210,15 +276,37 @@ impl QueryEngine {
             .map_err(classify)?;
         ctx.register_table("prices", Arc::new(prices_table(prices).map_err(classify)?))
             .map_err(classify)?;
+        register_rollups(&ctx, data_dir).await?;
         ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
             udf::LlmCost::new(Arc::new(prices.clone())),
         ));
-        Ok(QueryEngine { ctx, limits })
+        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            hdr_udf::HdrQuantile::new(),
+        ));
+        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            hdr_udf::HdrCount::new(),
+        ));
+        ctx.register_udaf(datafusion::logical_expr::AggregateUDF::new_from_impl(
+            hdr_udf::HdrMerge::new(),
+        ));
+        Ok(QueryEngine {
+            ctx,
+            limits,
+            metrics: None,
+        })
     }
 
     /// Runs one read-only statement within the limits.
     pub async fn run(&self, sql: &str) -> Result<QueryResult, QueryError> {
         let started = Instant::now();
+        let result = self.run_bounded(sql, started).await;
+        if let Some(m) = &self.metrics {
+            m.query(started.elapsed(), result.is_ok());
+        }
+        result
+    }
+
+    async fn run_bounded(&self, sql: &str, started: Instant) -> Result<QueryResult, QueryError> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)

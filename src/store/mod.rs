@@ -14,6 +14,7 @@
 mod listing;
 mod parquet;
 mod partition;
+mod rollups;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use tokio::sync::Notify;
 pub use self::parquet::ParquetWriter;
 pub use listing::{list_span_files, SpanFile};
 pub use partition::PartitionKey;
+pub use rollups::RollupWriter;
 
 use crate::record::{SpanBatchBuilder, SpanRecord};
 
@@ -198,6 +200,11 @@ impl SpanBuffer {
         Ok(())
     }
 
+    /// Approximate bytes buffered and not yet handed to the writer.
+    pub fn bytes(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).bytes
+    }
+
     /// Resolves when the buffer has grown past the flush size.
     pub async fn wait_full(&self) {
         self.full.notified().await
@@ -311,6 +318,10 @@ impl Store {
 
     pub fn buffer(&self) -> &SpanBuffer {
         &self.buffer
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// Files and buffered spans, each acknowledged span in exactly one.

@@ -109,40 +109,49 @@ impl ParquetWriter {
     }
 
     /// Writes `batches` as the file `path` (from [`ParquetWriter::path_for`]).
-    /// Once the file is renamed into place the write counts as done: it is
-    /// visible to every reader, so reporting a failure then would have the
-    /// caller write the same spans again.
     pub fn write(&self, path: &Path, batches: &[RecordBatch]) -> Result<(), StoreError> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let dir = path.parent().unwrap_or(&self.data_dir);
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.tmp"));
-
-        let result = (|| {
-            let file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
-            let sync_handle = file.try_clone().map_err(|e| StoreError::io(&tmp, e))?;
-            let mut writer =
-                ArrowWriter::try_new(file, span_schema(), Some(self.properties(rows)?))?;
-            for batch in batches {
-                writer.write(batch)?;
-            }
-            writer.close()?;
-            sync_handle
-                .sync_all()
-                .map_err(|e| StoreError::io(&tmp, e))?;
-            std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-            return result;
-        }
-        if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
-            tracing::warn!(%error, dir = %dir.display(), "fsync of the partition directory failed; the new file may not survive a power loss");
-        }
-        Ok(())
+        write_atomically(path, span_schema(), self.properties(rows)?, batches)
     }
+}
+
+/// Writes `batches` as the Parquet file `path`: a hidden temp name, fsync,
+/// rename. Once the file is renamed into place the write counts as done: it
+/// is visible to every reader, so reporting a failure then would have the
+/// caller write the same rows again.
+pub(super) fn write_atomically(
+    path: &Path,
+    schema: arrow::datatypes::SchemaRef,
+    properties: WriterProperties,
+    batches: &[RecordBatch],
+) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+
+    let result = (|| {
+        let file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+        let sync_handle = file.try_clone().map_err(|e| StoreError::io(&tmp, e))?;
+        let mut writer = ArrowWriter::try_new(file, schema, Some(properties))?;
+        for batch in batches {
+            writer.write(batch)?;
+        }
+        writer.close()?;
+        sync_handle
+            .sync_all()
+            .map_err(|e| StoreError::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(%error, dir = %dir.display(), "fsync of the partition directory failed; the new file may not survive a power loss");
+    }
+    Ok(())
 }

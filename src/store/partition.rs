@@ -63,6 +63,14 @@ impl PartitionKey {
     }
 }
 
+/// Directory of a tenant's rollup files of one day: `rollups/tenant=T/date=D/`.
+pub fn rollup_dir(data_dir: &Path, tenant: &str, date: NaiveDate) -> PathBuf {
+    data_dir
+        .join("rollups")
+        .join(format!("tenant={}", escape(tenant)))
+        .join(format!("date={}", date.format("%Y-%m-%d")))
+}
+
 /// Hive escaping: anything but `[A-Za-z0-9._-]` becomes `%XX`, so a tenant name
 /// can never climb out of its directory or clash with the `key=value` syntax.
 fn escape(value: &str) -> String {

@@ -26,6 +26,7 @@ async fn run(protocol: Protocol) {
         pool: 8,
         progress: false,
         start_unix_nano: None,
+        timeline_rate: None,
     })
     .await
     .expect("loadgen runs");

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per behaviour.
 
+mod aggregate;
 mod bad_input;
 mod fixtures;
 mod loadgen;

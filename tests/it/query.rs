@@ -194,7 +194,7 @@ async fn acknowledged_spans_are_queryable_before_any_flush() {
     .await;
     assert_eq!(v["rows"][0], serde_json::json!([acked, acked]));
     assert!(
-        support::parquet_files(&server.data_dir()).is_empty(),
+        support::parquet_files(&server.data_dir().join("spans")).is_empty(),
         "answered from the buffer"
     );
     let v = ask(
@@ -227,7 +227,7 @@ async fn live_queries_see_each_span_once_while_flushes_run() {
             "round {round}"
         );
     }
-    let files = support::parquet_files(&server.data_dir()).len();
+    let files = support::parquet_files(&server.data_dir().join("spans")).len();
     assert!(files > 1, "flushes ran during the test: {files} files");
     let (rows, _dir) = server.stop().await;
     assert_eq!(rows.len() as u64, acked);

@@ -52,7 +52,7 @@ async fn flushes_on_interval_while_running() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // No temp files are ever visible under a .parquet name.
-    for f in parquet_files(&server.data_dir()) {
+    for f in parquet_files(&server.data_dir().join("spans")) {
         assert!(!f.file_name().unwrap().to_str().unwrap().starts_with('.'));
     }
     let (rows, _dir) = server.stop().await;
@@ -72,7 +72,7 @@ async fn flushes_on_size_and_keeps_every_span() {
         post(&client, &server, json_span(i, start)).await;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while parquet_files(&server.data_dir()).is_empty() {
+    while parquet_files(&server.data_dir().join("spans")).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "no size-triggered flush"
@@ -115,7 +115,7 @@ async fn files_are_zstd_with_statistics_page_index_and_trace_id_bloom_filter() {
     let client = reqwest::Client::new();
     post(&client, &server, json_span(1, now_nanos() - 1_000_000)).await;
     let (_rows, dir) = server.stop().await;
-    let files = parquet_files(&dir.path().join("data"));
+    let files = parquet_files(&dir.path().join("data/spans"));
     assert_eq!(files.len(), 1);
 
     let file = std::fs::File::open(&files[0]).unwrap();

@@ -224,6 +224,7 @@ pub async fn load(
         pool: 16,
         progress: false,
         start_unix_nano: start,
+        timeline_rate: None,
     })
     .await
     .expect("loadgen runs");

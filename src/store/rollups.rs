@@ -1,0 +1,65 @@
+//! Rollup files: closed aggregation cells, one file per (tenant, day) each
+//! time minutes close, under `rollups/tenant=T/date=D/`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::record_batch::RecordBatch;
+use chrono::NaiveDate;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::parquet::write_atomically;
+use super::partition::rollup_dir;
+use super::StoreError;
+
+pub struct RollupWriter {
+    data_dir: PathBuf,
+    /// Tells apart files of collectors sharing one data dir.
+    instance: u64,
+    seq: AtomicU64,
+}
+
+impl RollupWriter {
+    pub fn new(data_dir: &Path) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        RollupWriter {
+            data_dir: data_dir.to_owned(),
+            instance: std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// Writes one batch of `tenant`'s rows of `date`; returns the file's path.
+    pub fn write(
+        &self,
+        tenant: &str,
+        date: NaiveDate,
+        batch: &RecordBatch,
+    ) -> Result<PathBuf, StoreError> {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = rollup_dir(&self.data_dir, tenant, date).join(format!(
+            "rollup-{millis}-{:016x}-{seq:06}.parquet",
+            self.instance
+        ));
+        // Histograms are already compact varint encodings; zstd still helps
+        // the runs of zero counts between them.
+        let properties = WriterProperties::builder()
+            .set_created_by(format!("llmtrace {}", env!("CARGO_PKG_VERSION")))
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+            .build();
+        write_atomically(
+            &path,
+            batch.schema(),
+            properties,
+            std::slice::from_ref(batch),
+        )?;
+        Ok(path)
+    }
+}
