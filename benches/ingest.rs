@@ -1,5 +1,6 @@
 //! Hot paths of ingest, each in spans per second, on loadgen's traffic:
-//! OTLP decode (protobuf and JSON), normalisation, Arrow append, Parquet write.
+//! OTLP decode (protobuf and JSON), normalisation, Arrow append, Parquet write,
+//! and the streaming aggregation of LLM calls (HdrHistogram cells).
 //!
 //!   cargo bench --bench ingest
 
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use llmtrace::aggregate::{AggregateConfig, Aggregator};
 use llmtrace::ingest::normalise::{normalise, Limits};
 use llmtrace::loadgen::encode::to_json;
 use llmtrace::loadgen::workload::Workload;
@@ -98,6 +100,31 @@ fn arrow_append(c: &mut Criterion) {
     g.finish();
 }
 
+fn aggregation(c: &mut Criterion) {
+    let (req, spans) = request();
+    let records = normalise(
+        req,
+        &limits(),
+        &PriceBook::default_book(),
+        SystemTime::now(),
+    )
+    .records;
+    let tenant: Arc<str> = Arc::from("default");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let aggregator = Aggregator::new(AggregateConfig::default()).unwrap();
+    let mut g = c.benchmark_group("aggregate");
+    // Per span of all kinds, as the pipeline hands them over: non-LLM spans
+    // are skipped, LLM calls update a cell and the Prometheus series.
+    g.throughput(Throughput::Elements(spans as u64));
+    g.bench_function("record", |b| {
+        b.iter(|| aggregator.record(&tenant, black_box(&records), now))
+    });
+    g.finish();
+}
+
 fn parquet_write(c: &mut Criterion) {
     // One flushed file of 64 requests' worth of spans.
     let now = SystemTime::now()
@@ -143,5 +170,12 @@ fn parquet_write(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, normalisation, arrow_append, parquet_write);
+criterion_group!(
+    benches,
+    decode,
+    normalisation,
+    arrow_append,
+    aggregation,
+    parquet_write
+);
 criterion_main!(benches);

@@ -4,8 +4,8 @@
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{
-    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type,
-    UInt32Type, UInt64Type, UInt8Type,
+    DataType, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
+    UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -32,6 +32,11 @@ fn cell(array: &dyn Array, row: usize) -> Result<Value, ArrowError> {
         DataType::Utf8 => json!(array.as_string::<i32>().value(row)),
         DataType::LargeUtf8 => json!(array.as_string::<i64>().value(row)),
         DataType::Utf8View => json!(array.as_string_view().value(row)),
+        // Decimals (rollup costs) as numbers, like every other figure.
+        DataType::Decimal128(_, scale) => {
+            let v = array.as_primitive::<Decimal128Type>().value(row);
+            json!(v as f64 / 10f64.powi(i32::from(*scale)))
+        }
         // Timestamps, maps, lists, decimals: their display form.
         _ => {
             let options = FormatOptions::default();
@@ -41,13 +46,23 @@ fn cell(array: &dyn Array, row: usize) -> Result<Value, ArrowError> {
     })
 }
 
+/// The type a client sees: how strings are held (views, dictionaries) is the
+/// engine's business, not part of the answer.
+fn logical_type(t: &DataType) -> String {
+    match t {
+        DataType::Utf8View | DataType::LargeUtf8 => "Utf8".to_owned(),
+        DataType::Dictionary(_, value) => logical_type(value),
+        other => other.to_string(),
+    }
+}
+
 /// The JSON body of a query answer.
 pub fn to_json(result: &QueryResult) -> Result<Value, ArrowError> {
     let columns: Vec<Value> = result
         .schema
         .fields()
         .iter()
-        .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+        .map(|f| json!({"name": f.name(), "type": logical_type(f.data_type())}))
         .collect();
     let mut rows = Vec::with_capacity(result.row_count);
     for batch in &result.batches {

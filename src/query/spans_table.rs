@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, BooleanArray, DictionaryArray, Int64Array, RecordBatch, StringArray,
+    UInt16Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::Session;
@@ -74,18 +75,48 @@ impl std::fmt::Debug for SpanSource {
 #[derive(Debug)]
 pub struct SpansTable {
     source: SpanSource,
+    /// The file columns as read (see [`read_schema`]).
+    file_schema: SchemaRef,
     /// The file columns followed by the partition columns.
     schema: SchemaRef,
     partition_fields: Vec<FieldRef>,
+}
+
+/// Partition values are one string per file: a dictionary of one entry
+/// costs nothing per row, where plain strings would be copied into every batch.
+fn partition_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8))
+}
+
+fn partition_value(v: String) -> ScalarValue {
+    ScalarValue::Dictionary(
+        Box::new(DataType::UInt16),
+        Box::new(ScalarValue::Utf8(Some(v))),
+    )
+}
+
+/// The file columns as the reader returns them: top-level strings as
+/// Utf8View, which the Parquet reader fills without copying dictionary
+/// values and which DataFusion groups and compares faster.
+fn read_schema() -> SchemaRef {
+    let fields: Vec<FieldRef> = span_schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8View)),
+            _ => f.clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 impl SpansTable {
     pub fn new(source: SpanSource) -> Self {
         let partition_fields: Vec<FieldRef> = PARTITION_COLUMNS
             .iter()
-            .map(|c| Arc::new(Field::new(*c, DataType::Utf8, false)))
+            .map(|c| Arc::new(Field::new(*c, partition_type(), false)))
             .collect();
-        let file_schema = span_schema();
+        let file_schema = read_schema();
         let fields: Vec<FieldRef> = file_schema
             .fields()
             .iter()
@@ -94,6 +125,7 @@ impl SpansTable {
             .collect();
         SpansTable {
             source,
+            file_schema,
             schema: Arc::new(Schema::new(fields)),
             partition_fields,
         }
@@ -131,7 +163,7 @@ impl SpansTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
-        let table_schema = TableSchema::builder(span_schema())
+        let table_schema = TableSchema::builder(self.file_schema.clone())
             .with_table_partition_cols(self.partition_fields.clone())
             .build();
         let groups = FileGroup::new(files).split_files(state.config().target_partitions());
@@ -157,11 +189,18 @@ impl SpansTable {
         let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions.max(1)];
         for (i, (key, batch)) in batches.into_iter().enumerate() {
             let rows = batch.num_rows();
-            let mut columns = batch.columns().to_vec();
+            let mut columns = Vec::with_capacity(self.schema.fields().len());
+            for (column, field) in batch.columns().iter().zip(self.file_schema.fields()) {
+                columns.push(if column.data_type() == field.data_type() {
+                    column.clone()
+                } else {
+                    datafusion::arrow::compute::cast(column, field.data_type())?
+                });
+            }
             for value in key.column_values() {
-                columns.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                    value, rows,
-                ))) as ArrayRef);
+                let keys = UInt16Array::from(vec![0u16; rows]);
+                let values = Arc::new(StringArray::from(vec![value])) as ArrayRef;
+                columns.push(Arc::new(DictionaryArray::try_new(keys, values)?) as ArrayRef);
             }
             let n = parts.len();
             parts[i % n].push(RecordBatch::try_new(self.schema.clone(), columns)?);
@@ -225,7 +264,7 @@ impl TableProvider for SpansTable {
                 e_tag: None,
                 version: None,
             };
-            let values = file.key.column_values().map(|v| ScalarValue::Utf8(Some(v)));
+            let values = file.key.column_values().map(partition_value);
             files.push(PartitionedFile::new_from_meta(meta).with_partition_values(values.to_vec()));
         }
         let batches: Vec<(PartitionKey, RecordBatch)> = snapshot
@@ -254,10 +293,23 @@ impl TableProvider for SpansTable {
     }
 }
 
+fn text_of(v: &ScalarValue) -> Option<&str> {
+    match v {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => Some(s),
+        ScalarValue::Dictionary(_, inner) => text_of(inner),
+        _ => None,
+    }
+}
+
 /// Partitions as pruning containers: `tenant`, `date` and `hour` take one
 /// value each, `start_time` spans the partition's hour.
 struct PartitionStatistics {
+    /// Per partition column, its value per container, as text and as the
+    /// column's own type (what the predicate compares with).
     values: [StringArray; 3],
+    typed: [ArrayRef; 3],
     start_min: ArrayRef,
     start_max: ArrayRef,
 }
@@ -276,18 +328,20 @@ impl PartitionStatistics {
             keys.iter()
                 .map(|k| k.hour_start_nanos().saturating_add(HOUR_NANOS - 1)),
         );
+        let values = [column(0), column(1), column(2)];
+        let typed =
+            [0, 1, 2].map(|i| datafusion::arrow::compute::cast(&values[i], &partition_type()));
+        let [t0, t1, t2] = typed;
         Ok(PartitionStatistics {
-            values: [column(0), column(1), column(2)],
+            typed: [t0?, t1?, t2?],
+            values,
             start_min: datafusion::arrow::compute::cast(&starts, start_type)?,
             start_max: datafusion::arrow::compute::cast(&ends, start_type)?,
         })
     }
 
-    fn partition_value(&self, column: &Column) -> Option<&StringArray> {
-        PARTITION_COLUMNS
-            .iter()
-            .position(|c| *c == column.name())
-            .map(|i| &self.values[i])
+    fn column_index(column: &Column) -> Option<usize> {
+        PARTITION_COLUMNS.iter().position(|c| *c == column.name())
     }
 }
 
@@ -296,16 +350,14 @@ impl PruningStatistics for PartitionStatistics {
         if column.name() == "start_time" {
             return Some(self.start_min.clone());
         }
-        self.partition_value(column)
-            .map(|a| Arc::new(a.clone()) as ArrayRef)
+        Self::column_index(column).map(|i| self.typed[i].clone())
     }
 
     fn max_values(&self, column: &Column) -> Option<ArrayRef> {
         if column.name() == "start_time" {
             return Some(self.start_max.clone());
         }
-        self.partition_value(column)
-            .map(|a| Arc::new(a.clone()) as ArrayRef)
+        Self::column_index(column).map(|i| self.typed[i].clone())
     }
 
     fn num_containers(&self) -> usize {
@@ -322,13 +374,14 @@ impl PruningStatistics for PartitionStatistics {
 
     #[allow(clippy::mutable_key_type)] // the trait's signature
     fn contained(&self, column: &Column, values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
-        let column = self.partition_value(column)?;
+        let column = &self.values[Self::column_index(column)?];
+        // The literals arrive in the column's type (a dictionary) or as
+        // plain text; anything else we cannot judge.
+        let texts: Option<HashSet<&str>> = values.iter().map(text_of).collect();
+        let texts = texts?;
         Some(
             (0..column.len())
-                .map(|i| {
-                    let v = ScalarValue::Utf8(Some(column.value(i).to_owned()));
-                    Some(values.contains(&v))
-                })
+                .map(|i| Some(texts.contains(column.value(i))))
                 .collect(),
         )
     }
