@@ -108,6 +108,26 @@ impl Cell {
         }
     }
 
+    /// Adds a rollup row's counters and V2-encoded histograms.
+    pub fn merge_encoded(
+        &mut self,
+        counters: &Counters,
+        latency: &[u8],
+        ttft: Option<&[u8]>,
+    ) -> Result<(), HdrError> {
+        self.counters.add(counters);
+        hdr::merge_encoded(&mut self.latency, latency)?;
+        if let Some(bytes) = ttft {
+            match self.ttft.as_mut() {
+                Some(into) => {
+                    hdr::merge_encoded(into, bytes)?;
+                }
+                None => self.ttft = Some(hdr::decode(bytes)?),
+            }
+        }
+        Ok(())
+    }
+
     /// Adds the counters and histograms of another cell.
     pub fn merge(
         &mut self,

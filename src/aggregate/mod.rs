@@ -285,31 +285,26 @@ impl Aggregator {
                 .map(|d| key.0[*d as usize].clone())
                 .collect()
         };
-        let mut groups: BTreeMap<Vec<Option<Arc<str>>>, Cell> = BTreeMap::new();
+        let mut groups = Groups::new();
         let digits = self.config.digits;
-        let mut add = |key: &AggKey,
-                       counters: &Counters,
-                       latency: &hdrhistogram::Histogram<u64>,
-                       ttft: Option<&hdrhistogram::Histogram<u64>>|
-         -> Result<(), AggregateError> {
-            let cell = match groups.entry(group_of(key)) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => e.insert(Cell::new(digits)?),
-            };
-            Ok(cell.merge(counters, latency, ttft)?)
-        };
         let state = self.lock();
         for ((minute, key), open) in state.open.iter() {
             if in_window(*minute, key) {
                 let c = &open.cell;
-                add(key, &c.counters, &c.latency, c.ttft.as_ref())?;
+                cell_in(&mut groups, group_of(key), digits)?.merge(
+                    &c.counters,
+                    &c.latency,
+                    c.ttft.as_ref(),
+                )?;
             }
         }
         for row in state.recent.iter() {
             if in_window(row.minute, &row.key) {
-                let latency = hdr::decode(&row.latency)?;
-                let ttft = row.ttft.as_deref().map(hdr::decode).transpose()?;
-                add(&row.key, &row.counters, &latency, ttft.as_ref())?;
+                cell_in(&mut groups, group_of(&row.key), digits)?.merge_encoded(
+                    &row.counters,
+                    &row.latency,
+                    row.ttft.as_deref(),
+                )?;
             }
         }
         drop(state);
@@ -326,6 +321,20 @@ impl Aggregator {
             })
             .collect())
     }
+}
+
+type Groups = BTreeMap<Vec<Option<Arc<str>>>, Cell>;
+
+/// The cell of group `g`, created empty on first use.
+fn cell_in(
+    groups: &mut Groups,
+    g: Vec<Option<Arc<str>>>,
+    digits: u8,
+) -> Result<&mut Cell, AggregateError> {
+    Ok(match groups.entry(g) {
+        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::btree_map::Entry::Vacant(e) => e.insert(Cell::new(digits)?),
+    })
 }
 
 /// A live stats question.

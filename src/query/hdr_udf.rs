@@ -147,11 +147,15 @@ impl Accumulator for MergeAccumulator {
             if array.is_null(i) {
                 continue;
             }
-            let h = decode("hdr_merge", array.value(i))?;
+            let bytes = array.value(i);
             match self.merged.as_mut() {
-                Some(m) => hdr::merge(m, &h)
-                    .map_err(|e| DataFusionError::Execution(format!("hdr_merge: {e}")))?,
-                None => self.merged = Some(h),
+                // Walking the encoding into the running merge skips building
+                // a histogram per row.
+                Some(m) => {
+                    hdr::merge_encoded(m, bytes)
+                        .map_err(|e| DataFusionError::Execution(format!("hdr_merge: {e}")))?;
+                }
+                None => self.merged = Some(decode("hdr_merge", bytes)?),
             }
         }
         Ok(())

@@ -265,9 +265,11 @@ impl QueryEngine {
             .with_memory_limit(limits.memory_bytes, 1.0)
             .build_arc()
             .map_err(classify)?;
-        let config = SessionConfig::new()
-            .with_information_schema(true)
-            .with_target_partitions(2);
+        // DATAFUSION_* environment variables tune the engine (e.g.
+        // DATAFUSION_EXECUTION_TARGET_PARTITIONS); defaults otherwise.
+        let config = SessionConfig::from_env()
+            .map_err(classify)?
+            .with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_table("spans", Arc::new(SpansTable::new(source)))
             .map_err(classify)?;

@@ -261,7 +261,10 @@ async fn http_endpoint_answers_json_csv_and_arrow() {
         .map(|t| serde_json::from_str::<Value>(&t).unwrap())
         .unwrap();
     assert_eq!(v["columns"][0]["name"], "span_name");
-    assert_eq!(v["columns"][0]["type"], "Utf8", "strings are Utf8 however held");
+    assert_eq!(
+        v["columns"][0]["type"], "Utf8",
+        "strings are Utf8 however held"
+    );
     assert_eq!(v["columns"][1]["type"], "Int64");
     assert!(v["row_count"].as_u64().unwrap() > 1);
     assert!(v["elapsed_ms"].as_f64().is_some());
