@@ -33,6 +33,11 @@ pub enum ConfigError {
     Env { var: String, message: String },
     #[error("config key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("alert rules file: {0}")]
+    RulesFile(#[from] crate::alert::RulesFileError),
+    /// Every problem of the alert rules, each naming its rule and key.
+    #[error("invalid alert rules:\n  {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Alerts(Vec<crate::alert::RuleError>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +51,8 @@ pub struct Config {
     pub pricing: PricingConfig,
     pub query: QueryConfig,
     pub aggregate: AggregateSection,
+    /// Alert rules and where they notify (see deploy/alerts.example.toml).
+    pub alerts: crate::alert::AlertsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,6 +190,7 @@ impl Default for Config {
             pricing: PricingConfig::default(),
             query: QueryConfig::default(),
             aggregate: AggregateSection::default(),
+            alerts: crate::alert::AlertsConfig::default(),
         }
     }
 }
@@ -241,13 +249,15 @@ impl Config {
             None => toml::Table::new(),
         };
         apply_env(&mut tree, env)?;
-        let config: Config =
+        let mut config: Config =
             Config::deserialize(toml::Value::Table(tree)).map_err(|e| ConfigError::Parse {
                 path: file
                     .map(Path::to_owned)
                     .unwrap_or_else(|| "<environment>".into()),
                 message: e.to_string(),
             })?;
+        // A relative rules file sits next to the config file.
+        config.alerts = config.alerts.with_rules_file(file.and_then(Path::parent))?;
         config.validate()?;
         Ok(config)
     }
@@ -301,6 +311,7 @@ impl Config {
         if self.ingest.max_attribute_value_bytes.0 < 16 {
             return invalid("ingest.max_attribute_value_bytes", "must be at least 16");
         }
+        crate::alert::validate(&self.alerts).map_err(ConfigError::Alerts)?;
         Ok(())
     }
 }
@@ -316,6 +327,8 @@ fn leaf_paths() -> Vec<Vec<String>> {
                     prefix.pop();
                 }
             }
+            // Lists (alert rules and destinations) live in the file only.
+            toml::Value::Array(_) => {}
             _ => out.push(prefix.clone()),
         }
     }
@@ -568,6 +581,47 @@ mod example_file {
     fn example_config_is_the_defaults() {
         let loaded = Config::load(Some(Path::new(EXAMPLE)), Vec::new()).unwrap();
         assert_eq!(loaded, Config::default());
+    }
+
+    #[test]
+    fn alert_templates_load_and_validate() {
+        let alerts = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/alerts.example.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("llmtrace.toml");
+        std::fs::write(&file, format!("[alerts]\nrules_file = {alerts:?}\n")).unwrap();
+        let config = Config::load(Some(&file), Vec::new()).unwrap();
+        let names: Vec<_> = config
+            .alerts
+            .rules
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "error-rate-spike",
+                "p99-latency-regression",
+                "hourly-cost-over-budget",
+                "unpriced-calls"
+            ]
+        );
+        assert_eq!(config.alerts.destinations.len(), 3);
+    }
+
+    #[test]
+    fn bad_alert_rules_are_named_by_rule_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("llmtrace.toml");
+        std::fs::write(
+            &file,
+            "[[alerts.rules]]\nname = \"r1\"\nmetric = \"error_rate\"\nop = \">\"\nthreshold = 0.1\nnotify = [\"nowhere\"]\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&file), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rule \"r1\": key \"window\""), "{e}");
+        assert!(e.contains("rule \"r1\": key \"notify\""), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! them to Parquet. [`serve`] wires the daemon together; [`api`] serves health.
 
 pub mod aggregate;
+pub mod alert;
 pub mod api;
 pub mod config;
 pub mod demo;

@@ -40,6 +40,24 @@ enum Command {
     Query(QueryArgs),
     /// Run a canned report (queries/*.sql) over a time range; --list shows them.
     Report(ReportArgs),
+    /// Alert rules.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
+}
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// Validate the alert rules of a config file and evaluate each once over
+    /// a data dir (metric rules read its rollups, SQL rules its tables);
+    /// prints every rule's series and states. Nothing is sent or written.
+    Check {
+        /// Config file with [alerts] (and its rules_file).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Data dir to evaluate over [default: the config's data_dir].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -223,6 +241,9 @@ fn main() -> ExitCode {
             format,
         }) => prices_lookup(&model, provider.as_deref(), config.as_deref(), &format),
         Command::Query(args) => query(args),
+        Command::Alerts(AlertsCommand::Check { config, data_dir }) => {
+            alerts_check(&config, data_dir)
+        }
         Command::Report(args) => report(args),
         Command::Demo(args) => match demo(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -365,6 +386,68 @@ fn query(QueryArgs { sql, target: args }: QueryArgs) -> ExitCode {
         Err(e) => {
             eprintln!("llmtrace: {e}");
             ExitCode::from(if e.is_client_error() { 2 } else { 1 })
+        }
+    }
+}
+
+/// `llmtrace alerts check`: exit 0 when every rule is valid and evaluated,
+/// 2 when the config or a rule is invalid, 1 when an evaluation failed.
+fn alerts_check(config_path: &Path, data_dir: Option<PathBuf>) -> ExitCode {
+    use llmtrace::alert::{sources::RollupSource, SystemClock};
+    let config = match Config::load(Some(config_path), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("llmtrace: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let data_dir = data_dir.unwrap_or(config.data_dir.clone());
+    let run = async {
+        let book = llmtrace::pricing::PriceBook::load(config.pricing.file())?;
+        let query =
+            llmtrace::query::QueryEngine::open(&data_dir, &book, config.query.limits()).await?;
+        let source = std::sync::Arc::new(RollupSource {
+            query: std::sync::Arc::new(query),
+        });
+        let state_dir = data_dir.join("alerts");
+        let report = llmtrace::alert::check(
+            &config.alerts,
+            source,
+            Some(state_dir.as_path()),
+            std::sync::Arc::new(SystemClock),
+        )
+        .await
+        .map_err(|errors| {
+            anyhow::anyhow!(
+                "invalid alert rules:\n  {}",
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            )
+        })?;
+        anyhow::Ok(report)
+    };
+    let outcome = match runtime() {
+        Ok(rt) => rt.block_on(run),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(report) => {
+            for line in &report.lines {
+                println!("{line}");
+            }
+            if report.errors > 0 {
+                eprintln!("llmtrace: {} rule(s) could not be evaluated", report.errors);
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("llmtrace: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

@@ -11,6 +11,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::aggregate::{rollup, Aggregator, Rollup};
+use crate::alert::notify::{Deliverer, DelivererOptions, Origin};
+use crate::alert::sources::LiveSource;
+use crate::alert::{AlertEngine, SystemClock};
 use crate::api::{self, Readiness};
 use crate::config::Config;
 use crate::ingest::{self, grpc::TraceService, Pipeline};
@@ -50,6 +53,8 @@ pub enum ServeError {
     Query(#[from] crate::query::QueryError),
     #[error("config section [aggregate]: {0}")]
     Aggregate(#[from] crate::aggregate::AggregateError),
+    #[error("alerts: {0}")]
+    Alerts(String),
 }
 
 /// How often closed minutes are looked for and written to rollups/.
@@ -123,6 +128,7 @@ pub struct RunningServer {
     flusher: JoinHandle<()>,
     aggregator: Arc<Aggregator>,
     roller: JoinHandle<RollupSink>,
+    alerts: JoinHandle<()>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -239,6 +245,29 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         ),
         stop_rx.clone(),
     );
+    let deliverer = Deliverer::new(DelivererOptions {
+        origin: Origin {
+            external_url: Some(format!("http://{}", addrs.api)),
+            ..Origin::default()
+        },
+        ..DelivererOptions::default()
+    })
+    .map_err(|e| ServeError::Alerts(e.to_string()))?;
+    let source = Arc::new(LiveSource {
+        aggregator: aggregator.clone(),
+        query: query.clone(),
+    });
+    let alert_engine = Arc::new(
+        AlertEngine::new(
+            config.alerts.clone(),
+            source,
+            Arc::new(deliverer),
+            config.data_dir.join("alerts"),
+            Arc::new(SystemClock),
+        )
+        .map_err(|e| ServeError::Alerts(e.to_string()))?,
+    );
+    let alerts = tokio::spawn(alert_engine.clone().run(stopped(stop_rx.clone())));
     let api = spawn_axum(
         api_listener,
         api::router(api::ApiState {
@@ -247,6 +276,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
             aggregator: aggregator.clone(),
             metrics: metrics.clone(),
             store: store.clone(),
+            alerts: alert_engine,
         }),
         stop_rx.clone(),
     );
@@ -321,6 +351,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         flusher,
         aggregator,
         roller,
+        alerts,
     })
 }
 
@@ -353,6 +384,10 @@ impl RunningServer {
             }
         }
         let _ = self.flusher.await;
+        // The last evaluation round finishes and its notifications go out.
+        if let Err(error) = self.alerts.await {
+            tracing::error!(%error, "alert engine failed");
+        }
         // Every open minute is written, finished or not: a later run adds
         // its own rows for the same minute, and queries sum them.
         match self.roller.await {

@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::aggregate::Aggregator;
+use crate::alert::AlertEngine;
 use crate::metrics::{Gauges, Metrics};
 use crate::query::{format, QueryEngine, QueryError};
 use crate::store::Store;
@@ -41,6 +42,7 @@ pub struct ApiState {
     pub aggregator: Arc<Aggregator>,
     pub metrics: Arc<Metrics>,
     pub store: Arc<Store>,
+    pub alerts: Arc<AlertEngine>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -49,6 +51,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(ready))
         .route("/api/v1/query", post(run_query))
         .route("/api/v1/stats", get(stats::stats))
+        .route(
+            "/api/v1/alerts",
+            get(|State(s): State<ApiState>| async move { Json(s.alerts.api_json()) }),
+        )
         .route("/metrics", get(prometheus))
         .with_state(state)
 }
@@ -63,6 +69,7 @@ async fn prometheus(State(state): State<ApiState>) -> Response {
     let mut out = String::with_capacity(16 << 10);
     state.metrics.render(gauges, &mut out);
     state.aggregator.render_prometheus(&mut out);
+    render_alert_metrics(&state.alerts, &mut out);
     (
         StatusCode::OK,
         [(
@@ -79,6 +86,63 @@ async fn ready(State(state): State<ApiState>) -> (StatusCode, &'static str) {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+fn render_alert_metrics(alerts: &AlertEngine, out: &mut String) {
+    use std::fmt::Write;
+    let e = alerts.metrics().snapshot();
+    let d = alerts
+        .delivery_metrics()
+        .map(|m| m.snapshot())
+        .unwrap_or_default();
+    for (name, help, v) in [
+        (
+            "llmtrace_alert_evaluations_total",
+            "Alert rule evaluations.",
+            e.evaluations,
+        ),
+        (
+            "llmtrace_alert_evaluation_errors_total",
+            "Alert rule evaluations that failed (state kept).",
+            e.evaluation_errors,
+        ),
+        (
+            "llmtrace_alert_notifications_total",
+            "Alert notifications dispatched.",
+            e.notifications,
+        ),
+        (
+            "llmtrace_alert_state_write_errors_total",
+            "Failed writes of the persisted alert state.",
+            e.state_write_errors,
+        ),
+        (
+            "llmtrace_alert_delivery_attempts_total",
+            "HTTP attempts to deliver notifications.",
+            d.attempts,
+        ),
+        (
+            "llmtrace_alert_delivery_retries_total",
+            "Delivery attempts that were retries.",
+            d.retries,
+        ),
+        (
+            "llmtrace_alert_deliveries_total{result=\"success\"}",
+            "Notifications delivered or given up on.",
+            d.successes,
+        ),
+        (
+            "llmtrace_alert_deliveries_total{result=\"failure\"}",
+            "",
+            d.failures,
+        ),
+    ] {
+        let bare = name.split('{').next().unwrap_or(name);
+        if !help.is_empty() {
+            let _ = writeln!(out, "# HELP {bare} {help}\n# TYPE {bare} counter");
+        }
+        let _ = writeln!(out, "{name} {v}");
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per behaviour.
 
 mod aggregate;
+mod alerts;
 mod bad_input;
 mod fixtures;
 mod loadgen;
