@@ -11,17 +11,15 @@ runs once untimed, then RUNS times. Times are query execution only: llmtrace's
 own `elapsed_ms` (planning + execution inside the engine) and, for DuckDB, the
 time around execute().fetchall().
 """
-import json
 import os
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 
 import duckdb
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from llmtrace_server import Server  # noqa: E402
 
 bin_, data = sys.argv[1], sys.argv[2]
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 3
@@ -41,27 +39,8 @@ QUERIES = [
 ]
 
 
-log = tempfile.NamedTemporaryFile(prefix="bench-query-", suffix=".log", delete=False)
-server = subprocess.Popen([bin_, "serve", "--data-dir", data, "--grpc-addr", "127.0.0.1:0",
-                           "--http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"],
-                          stderr=log, env={**os.environ, "LLMTRACE_LOG": "info"})
-api = None
-for _ in range(200):
-    m = re.search(r"api=(\S+)", open(log.name).read())
-    if m:
-        api = m.group(1)
-        break
-    time.sleep(0.05)
-if api is None:
-    server.kill()
-    sys.exit(f"server did not start; see {log.name}")
-
-
-def llmtrace(sql):
-    req = urllib.request.Request(f"http://{api}/api/v1/query", data=json.dumps({"sql": sql}).encode(),
-                                 headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=300) as resp:
-        return json.load(resp)
+server = Server(bin_, data)
+llmtrace = server.query
 
 
 con = duckdb.connect()
@@ -92,5 +71,4 @@ for name, sql in QUERIES:
         dk.append((time.perf_counter() - t) * 1e3)
     a, b = statistics.median(lt), statistics.median(dk)
     print(f"| {name} | {a:.0f} ms | {b:.0f} ms | {a / b:.2f}x |")
-server.terminate()
-server.wait()
+server.stop()

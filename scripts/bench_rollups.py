@@ -6,42 +6,21 @@ llmtrace answers through POST /api/v1/query of a `serve` process over DATA_DIR;
 times are its `elapsed_ms`, median of RUNS after one untimed run. DuckDB (warm
 connection, exact quantile_disc over the raw spans) is the reference answer.
 """
-import json
 import os
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 
 import duckdb
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from llmtrace_server import Server  # noqa: E402
 
 bin_, data = sys.argv[1], sys.argv[2]
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 
-log = tempfile.NamedTemporaryFile(prefix="bench-rollups-", suffix=".log", delete=False)
-server = subprocess.Popen([bin_, "serve", "--data-dir", data, "--grpc-addr", "127.0.0.1:0",
-                           "--http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"],
-                          stderr=log, env={**os.environ, "LLMTRACE_LOG": "info"})
-api = None
-for _ in range(200):
-    m = re.search(r"api=(\S+)", open(log.name).read())
-    if m:
-        api = m.group(1)
-        break
-    time.sleep(0.05)
-if api is None:
-    server.kill()
-    sys.exit(f"server did not start; see {log.name}")
-
-
-def ask(sql):
-    req = urllib.request.Request(f"http://{api}/api/v1/query", data=json.dumps({"sql": sql}).encode(),
-                                 headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as resp:
-        return json.load(resp)
+server = Server(bin_, data)
+ask = server.query
 
 
 def timed(sql):
@@ -81,5 +60,4 @@ for name, where_r, where_s in [
     got = {row[0]: row[1] for row in ask(rollups_sql)["rows"]}
     worst = max(abs(got[m] - exact[m]) / exact[m] for m in exact if exact[m])
     print(f"| {name} | {r:.0f} ms | {s:.0f} ms | {d:.0f} ms | {worst * 100:.3f}% |")
-server.terminate()
-server.wait()
+server.stop()

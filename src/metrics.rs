@@ -114,57 +114,59 @@ impl Metrics {
     /// Appends every counter in Prometheus text format.
     pub fn render(&self, gauges: Gauges, out: &mut String) {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut counter = |name: &str, help: &str, v: u64| {
+        let counters = [
+            (
+                "llmtrace_export_requests_total",
+                "OTLP export requests received.",
+                get(&self.requests),
+            ),
+            (
+                "llmtrace_spans_accepted_total",
+                "Spans accepted and acknowledged.",
+                get(&self.spans_accepted),
+            ),
+            (
+                "llmtrace_llm_calls_total",
+                "Accepted spans recognised as LLM calls.",
+                get(&self.llm_calls),
+            ),
+            (
+                "llmtrace_flushed_spans_total",
+                "Spans written to Parquet.",
+                get(&self.flushed_spans),
+            ),
+            (
+                "llmtrace_flush_failures_total",
+                "Flushes in which a file could not be written (spans kept for the next).",
+                get(&self.flush_failures),
+            ),
+            (
+                "llmtrace_query_errors_total",
+                "SQL queries that ended in an error.",
+                get(&self.query_errors),
+            ),
+            (
+                "llmtrace_rollup_rows_total",
+                "Rollup rows written to Parquet.",
+                get(&self.rollup_rows),
+            ),
+            (
+                "llmtrace_rollup_write_failures_total",
+                "Rollup writes that failed (rows kept for the next attempt).",
+                get(&self.rollup_failures),
+            ),
+            (
+                "llmtrace_aggregate_overflowed_calls_total",
+                "LLM calls counted under the overflow key because of the live-key cap.",
+                gauges.overflowed_calls,
+            ),
+        ];
+        for (name, help, v) in counters {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
-        };
-        counter(
-            "llmtrace_export_requests_total",
-            "OTLP export requests received.",
-            get(&self.requests),
-        );
-        counter(
-            "llmtrace_spans_accepted_total",
-            "Spans accepted and acknowledged.",
-            get(&self.spans_accepted),
-        );
-        counter(
-            "llmtrace_llm_calls_total",
-            "Accepted spans recognised as LLM calls.",
-            get(&self.llm_calls),
-        );
-        counter(
-            "llmtrace_flushed_spans_total",
-            "Spans written to Parquet.",
-            get(&self.flushed_spans),
-        );
-        counter(
-            "llmtrace_flush_failures_total",
-            "Flushes in which a file could not be written (spans kept for the next).",
-            get(&self.flush_failures),
-        );
-        counter(
-            "llmtrace_query_errors_total",
-            "SQL queries that ended in an error.",
-            get(&self.query_errors),
-        );
-        counter(
-            "llmtrace_rollup_rows_total",
-            "Rollup rows written to Parquet.",
-            get(&self.rollup_rows),
-        );
-        counter(
-            "llmtrace_rollup_write_failures_total",
-            "Rollup writes that failed (rows kept for the next attempt).",
-            get(&self.rollup_failures),
-        );
-        counter(
-            "llmtrace_aggregate_overflowed_calls_total",
-            "LLM calls counted under the overflow key because of the live-key cap.",
-            gauges.overflowed_calls,
-        );
+        }
         for (name, help, values) in [
             (
                 "llmtrace_spans_rejected_total",

@@ -9,30 +9,16 @@ use llmtrace::pricing::PriceBook;
 use llmtrace::query::{QueryEngine, QueryLimits};
 use serde_json::Value;
 
-use crate::support::{now_nanos, TestServer};
+use crate::support::{load_with, now_nanos, TestServer};
 
 const MINUTE_NS: u64 = 60_000_000_000;
 
 /// Sends `spans` seeded spans starting at `start`, spread over the timeline at
 /// `timeline_rate` spans per simulated second.
 async fn send(server: &TestServer, spans: u64, seed: u64, start: u64, timeline_rate: f64) -> u64 {
-    let report = llmtrace::loadgen::run(llmtrace::loadgen::Options {
-        endpoint: server.grpc_url(),
-        rate: 0,
-        total_spans: Some(spans),
-        seed,
-        batch: 100,
-        connections: 1,
-        pool: 16,
-        progress: false,
-        start_unix_nano: Some(start),
-        timeline_rate: Some(timeline_rate),
-        ..Default::default()
-    })
-    .await
-    .expect("loadgen runs");
-    assert_eq!(report.acked_spans, report.sent_spans, "{report}");
-    report.acked_spans
+    load_with(server, spans, seed, Some(start), Some(timeline_rate))
+        .await
+        .acked_spans
 }
 
 async fn engine(data_dir: &Path) -> QueryEngine {

@@ -212,6 +212,18 @@ pub async fn load(
     seed: u64,
     start: Option<u64>,
 ) -> llmtrace::loadgen::Report {
+    load_with(server, spans, seed, start, None).await
+}
+
+/// [`load`], with trace start times spaced at `timeline_rate` spans per
+/// simulated second.
+pub async fn load_with(
+    server: &TestServer,
+    spans: u64,
+    seed: u64,
+    start: Option<u64>,
+    timeline_rate: Option<f64>,
+) -> llmtrace::loadgen::Report {
     let report = llmtrace::loadgen::run(llmtrace::loadgen::Options {
         endpoint: server.grpc_url(),
         protocol: llmtrace::loadgen::Protocol::Grpc,
@@ -224,7 +236,7 @@ pub async fn load(
         pool: 16,
         progress: false,
         start_unix_nano: start,
-        timeline_rate: None,
+        timeline_rate,
     })
     .await
     .expect("loadgen runs");
