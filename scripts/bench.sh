@@ -23,8 +23,11 @@ SEED=${SEED:-1}
 FLUSH_INTERVAL=${FLUSH_INTERVAL:-10s}
 
 command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)" >&2; exit 2; }
-cargo build --release --quiet --bin llmtrace
-bin=${CARGO_TARGET_DIR:-target}/release/llmtrace
+# BIN=path skips the build and uses that binary.
+if [[ -z "${BIN:-}" ]]; then
+    cargo build --release --quiet --bin llmtrace
+fi
+bin=${BIN:-${CARGO_TARGET_DIR:-target}/release/llmtrace}
 work=$(mktemp -d)
 cleanup() {
     [[ -n "${pid:-}" ]] && kill "$pid" 2>/dev/null || true

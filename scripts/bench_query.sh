@@ -5,8 +5,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SPANS=${SPANS:-10000000}
-cargo build --release --quiet --bin llmtrace
-bin=${CARGO_TARGET_DIR:-target}/release/llmtrace
+# BIN=path skips the build and uses that binary.
+if [[ -z "${BIN:-}" ]]; then
+    cargo build --release --quiet --bin llmtrace
+fi
+bin=${BIN:-${CARGO_TARGET_DIR:-target}/release/llmtrace}
 venv=${E2E_VENV:-${TMPDIR:-/tmp}/llmtrace-e2e-venv}
 [[ -x "$venv/bin/python" ]] || { echo "needs the e2e venv with duckdb: run tests/e2e/run.sh once" >&2; exit 2; }
 data=${DATA:-}

@@ -46,6 +46,8 @@ impl Timer {
 #[derive(Default)]
 pub struct Metrics {
     requests: AtomicU64,
+    /// Spans in decoded requests: accepted plus rejected one by one.
+    spans_received: AtomicU64,
     spans_accepted: AtomicU64,
     llm_calls: AtomicU64,
     /// Spans rejected, by [`REJECTIONS`] index.
@@ -76,6 +78,8 @@ fn index(r: Rejection) -> usize {
 impl Metrics {
     pub fn request(&self, accepted: usize, llm_calls: usize, rejected: u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.spans_received
+            .fetch_add(accepted as u64 + rejected, Ordering::Relaxed);
         self.spans_accepted
             .fetch_add(accepted as u64, Ordering::Relaxed);
         self.llm_calls
@@ -119,6 +123,11 @@ impl Metrics {
                 "llmtrace_export_requests_total",
                 "OTLP export requests received.",
                 get(&self.requests),
+            ),
+            (
+                "llmtrace_spans_received_total",
+                "Spans in decoded export requests.",
+                get(&self.spans_received),
             ),
             (
                 "llmtrace_spans_accepted_total",

@@ -30,6 +30,25 @@ pub struct Counters {
 }
 
 impl Counters {
+    fn record(&mut self, r: &SpanRecord, llm: &LlmFacts) {
+        self.requests += 1;
+        if r.facts.status == SpanStatus::Error {
+            self.errors += 1;
+        }
+        if r.cost_status == CostStatus::Unpriced {
+            self.unpriced += 1;
+        }
+        let t = &llm.tokens;
+        self.input_tokens += t.input.unwrap_or(0);
+        self.output_tokens += t.output.unwrap_or(0);
+        self.cache_read_tokens += t.cache_read.unwrap_or(0);
+        self.cache_write_tokens += t.cache_write.unwrap_or(0);
+        self.reasoning_tokens += t.reasoning.unwrap_or(0);
+        if let Some(usd) = r.cost_usd {
+            self.cost_nano_usd = self.cost_nano_usd.saturating_add(nano_usd(usd));
+        }
+    }
+
     pub fn add(&mut self, o: &Counters) {
         self.requests += o.requests;
         self.errors += o.errors;
@@ -60,6 +79,99 @@ pub fn nano_usd(usd: f64) -> i64 {
     }
 }
 
+/// Values a live cell keeps as a plain list before switching to a
+/// histogram: most (minute, key) cells see a handful of calls, and a list of
+/// a few hundred values is a small fraction of a histogram's counts array
+/// (16 KB and up at 3 digits).
+const LIST_VALUES: usize = 256;
+
+/// The values of one live histogram: a short list while few, then an
+/// HdrHistogram. Either way the histogram built from it is the same, so
+/// nothing about precision depends on the switch.
+#[derive(Clone, Debug)]
+pub enum Recorder {
+    Few(Vec<u32>),
+    Many(Histogram<u64>),
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Recorder::Few(Vec::new())
+    }
+
+    fn record(&mut self, ms: f64, digits: u8) {
+        match self {
+            Recorder::Few(values) if values.len() < LIST_VALUES => {
+                values.push(hdr::whole_ms(ms) as u32);
+            }
+            Recorder::Few(values) => {
+                let mut h = hdr::new_histogram(digits).expect("digits checked by the aggregator");
+                for v in values.iter() {
+                    hdr::record_ms(&mut h, f64::from(*v));
+                }
+                hdr::record_ms(&mut h, ms);
+                *self = Recorder::Many(h);
+            }
+            Recorder::Many(h) => hdr::record_ms(h, ms),
+        }
+    }
+
+    /// Adds every value into `into`.
+    pub fn add_to(&self, into: &mut Histogram<u64>) -> Result<(), HdrError> {
+        match self {
+            Recorder::Few(values) => {
+                for v in values {
+                    hdr::record_ms(into, f64::from(*v));
+                }
+                Ok(())
+            }
+            Recorder::Many(h) => hdr::merge(into, h),
+        }
+    }
+
+    /// The values as a histogram of `digits` significant digits.
+    pub fn histogram(&self, digits: u8) -> Result<Histogram<u64>, HdrError> {
+        let mut h = hdr::new_histogram(digits)?;
+        self.add_to(&mut h)?;
+        Ok(h)
+    }
+}
+
+/// A cell being filled: counters and compact recorders.
+#[derive(Clone, Debug)]
+pub struct LiveCell {
+    pub counters: Counters,
+    pub latency: Recorder,
+    pub ttft: Option<Recorder>,
+    digits: u8,
+}
+
+impl LiveCell {
+    pub fn new(digits: u8) -> Self {
+        LiveCell {
+            counters: Counters::default(),
+            latency: Recorder::new(),
+            ttft: None,
+            digits,
+        }
+    }
+
+    pub fn digits(&self) -> u8 {
+        self.digits
+    }
+
+    pub fn record(&mut self, r: &SpanRecord, llm: &LlmFacts) {
+        self.counters.record(r, llm);
+        self.latency.record(r.duration_ms(), self.digits);
+        if let Some(ttft) = llm.ttft_ms {
+            self.ttft
+                .get_or_insert_with(Recorder::new)
+                .record(ttft, self.digits);
+        }
+    }
+}
+
+/// Merged counters and histograms: what stats and rollup rows are made of.
 #[derive(Clone, Debug)]
 pub struct Cell {
     pub counters: Counters,
@@ -78,34 +190,17 @@ impl Cell {
         })
     }
 
-    pub fn record(&mut self, r: &SpanRecord, llm: &LlmFacts) {
-        let c = &mut self.counters;
-        c.requests += 1;
-        if r.facts.status == SpanStatus::Error {
-            c.errors += 1;
-        }
-        if r.cost_status == CostStatus::Unpriced {
-            c.unpriced += 1;
-        }
-        let t = &llm.tokens;
-        c.input_tokens += t.input.unwrap_or(0);
-        c.output_tokens += t.output.unwrap_or(0);
-        c.cache_read_tokens += t.cache_read.unwrap_or(0);
-        c.cache_write_tokens += t.cache_write.unwrap_or(0);
-        c.reasoning_tokens += t.reasoning.unwrap_or(0);
-        if let Some(usd) = r.cost_usd {
-            c.cost_nano_usd = c.cost_nano_usd.saturating_add(nano_usd(usd));
-        }
-        hdr::record_ms(&mut self.latency, r.duration_ms());
-        if let Some(ttft) = llm.ttft_ms {
-            let digits = self.latency.sigfig();
-            if let Some(h) = self.ttft.as_mut() {
-                hdr::record_ms(h, ttft);
-            } else if let Ok(mut h) = hdr::new_histogram(digits) {
-                hdr::record_ms(&mut h, ttft);
-                self.ttft = Some(h);
+    /// Adds a live cell's counters and values.
+    pub fn merge_live(&mut self, live: &LiveCell) -> Result<(), HdrError> {
+        self.counters.add(&live.counters);
+        live.latency.add_to(&mut self.latency)?;
+        if let Some(t) = &live.ttft {
+            match self.ttft.as_mut() {
+                Some(into) => t.add_to(into)?,
+                None => self.ttft = Some(t.histogram(self.latency.sigfig())?),
             }
         }
+        Ok(())
     }
 
     /// Adds a rollup row's counters and V2-encoded histograms.
@@ -144,5 +239,39 @@ impl Cell {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+        h.iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    }
+
+    #[test]
+    fn a_recorder_holds_the_same_values_as_a_list_or_a_histogram() {
+        for n in [0usize, 1, LIST_VALUES, LIST_VALUES + 1, 5 * LIST_VALUES] {
+            let mut recorder = Recorder::new();
+            let mut direct = hdr::new_histogram(3).unwrap();
+            for i in 0..n {
+                let ms = (i * 37 % 5000) as f64 + 0.4;
+                recorder.record(ms, 3);
+                hdr::record_ms(&mut direct, ms);
+            }
+            assert_eq!(
+                matches!(recorder, Recorder::Many(_)),
+                n > LIST_VALUES,
+                "switches past {LIST_VALUES} values"
+            );
+            assert_eq!(
+                values(&recorder.histogram(3).unwrap()),
+                values(&direct),
+                "{n} values"
+            );
+        }
     }
 }

@@ -40,14 +40,19 @@ pub fn new_histogram(digits: u8) -> Result<Histogram<u64>, HdrError> {
 /// make every cell of its key large. No LLM call takes an hour.
 pub const MAX_RECORDED_MS: u64 = 3_600_000;
 
-/// Records one duration, rounded to whole milliseconds; negative values count
-/// as 0 and values past [`MAX_RECORDED_MS`] as that, so counts stay exact.
-pub fn record_ms(h: &mut Histogram<u64>, ms: f64) {
-    let v = if ms.is_finite() && ms > 0.0 {
+/// A duration as recorded: whole milliseconds, negative values as 0 and
+/// values past [`MAX_RECORDED_MS`] as that.
+pub fn whole_ms(ms: f64) -> u64 {
+    if ms.is_finite() && ms > 0.0 {
         (ms.round() as u64).min(MAX_RECORDED_MS)
     } else {
         0
-    };
+    }
+}
+
+/// Records one duration (see [`whole_ms`]), so counts stay exact.
+pub fn record_ms(h: &mut Histogram<u64>, ms: f64) {
+    let v = whole_ms(ms);
     // `record` grows an auto-resizing histogram; `saturating_record` would
     // pin every larger value to the current maximum.
     if h.record(v).is_err() {

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use cell::{Cell, Counters};
+pub use cell::{Cell, Counters, LiveCell};
 pub use key::{AggKey, Dimension};
 pub use rollup::Rollup;
 
@@ -68,7 +68,7 @@ impl Default for AggregateConfig {
 }
 
 struct OpenCell {
-    cell: Cell,
+    cell: LiveCell,
     /// Opened after its minute had closed: the rollup row is a correction.
     correction: bool,
 }
@@ -165,8 +165,7 @@ impl Aggregator {
             let open = state.open.entry((minute, key)).or_insert_with(|| {
                 *minutes.entry(minute).or_default() += 1;
                 OpenCell {
-                    // Digits were checked in `new`.
-                    cell: Cell::new(self.config.digits).expect("valid digits"),
+                    cell: LiveCell::new(self.config.digits),
                     correction,
                 }
             });
@@ -290,12 +289,7 @@ impl Aggregator {
         let state = self.lock();
         for ((minute, key), open) in state.open.iter() {
             if in_window(*minute, key) {
-                let c = &open.cell;
-                cell_in(&mut groups, group_of(key), digits)?.merge(
-                    &c.counters,
-                    &c.latency,
-                    c.ttft.as_ref(),
-                )?;
+                cell_in(&mut groups, group_of(key), digits)?.merge_live(&open.cell)?;
             }
         }
         for row in state.recent.iter() {

@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use chrono::{DateTime, NaiveDate};
 
-use super::cell::{Cell, Counters};
+use super::cell::{Counters, LiveCell, Recorder};
 use super::hdr;
 use super::key::{AggKey, Dimension};
 
@@ -34,13 +34,20 @@ pub struct Rollup {
 }
 
 impl Rollup {
-    pub fn of(minute: i64, key: AggKey, cell: &Cell, correction: bool) -> Self {
+    pub fn of(minute: i64, key: AggKey, cell: &LiveCell, correction: bool) -> Self {
+        // Digits were checked when the aggregator was built, so the
+        // histograms build; an empty encoding would only lose the values.
+        let encode = |r: &Recorder| {
+            r.histogram(cell.digits())
+                .map(|h| hdr::encode(&h))
+                .unwrap_or_default()
+        };
         Rollup {
             minute,
             key,
             counters: cell.counters.clone(),
-            latency: hdr::encode(&cell.latency),
-            ttft: cell.ttft.as_ref().map(hdr::encode),
+            latency: encode(&cell.latency),
+            ttft: cell.ttft.as_ref().map(encode),
             correction,
         }
     }

@@ -209,6 +209,7 @@ async fn metrics_count_spans_rejections_and_genai_calls() {
     assert_eq!(status, 200);
     let one = |name: &str| samples(&text, name)[0].1;
     assert_eq!(one("llmtrace_spans_accepted_total"), acked as f64);
+    assert_eq!(one("llmtrace_spans_received_total"), acked as f64);
     let rejected = samples(&text, "llmtrace_export_requests_rejected_total");
     assert!(
         rejected.contains(&(
