@@ -30,6 +30,8 @@ fn limits() -> Limits {
     Limits {
         max_attribute_value_bytes: 64 * 1024,
         max_future_skew: Duration::from_secs(86_400),
+        max_buffer_bytes: usize::MAX,
+        retry_after: Duration::from_secs(1),
     }
 }
 

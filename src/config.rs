@@ -165,6 +165,12 @@ pub struct IngestConfig {
     pub max_attribute_value_bytes: ByteSize,
     /// Spans whose start time lies further in the future than this are rejected.
     pub max_future_skew: HumanDuration,
+    /// Export requests are refused (HTTP 503 with Retry-After, gRPC
+    /// UNAVAILABLE with RetryInfo) while this much is buffered, unflushed or
+    /// being written; the client retries, nothing acknowledged is lost.
+    pub max_buffer_bytes: ByteSize,
+    /// The retry delay given with a refusal.
+    pub retry_after: HumanDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,6 +219,8 @@ impl Default for IngestConfig {
             max_decompressed_bytes: ByteSize(64 << 20),
             max_attribute_value_bytes: ByteSize(64 << 10),
             max_future_skew: HumanDuration(Duration::from_secs(24 * 3600)),
+            max_buffer_bytes: ByteSize(256 << 20),
+            retry_after: HumanDuration(Duration::from_secs(1)),
         }
     }
 }
@@ -307,6 +315,15 @@ impl Config {
         }
         if self.aggregate.retention.0 < Duration::from_secs(60) {
             return invalid("aggregate.retention", "must be at least 1m");
+        }
+        if self.ingest.max_buffer_bytes.0 < self.storage.flush_bytes.0 {
+            return invalid(
+                "ingest.max_buffer_bytes",
+                "must be at least storage.flush_bytes, or a size-triggered flush could never happen",
+            );
+        }
+        if self.ingest.retry_after.0.is_zero() {
+            return invalid("ingest.retry_after", "must be greater than 0");
         }
         if self.ingest.max_attribute_value_bytes.0 < 16 {
             return invalid("ingest.max_attribute_value_bytes", "must be at least 16");

@@ -19,14 +19,17 @@ pub enum Rejection {
     Unsupported,
     /// The buffer or WAL could not take the request.
     Internal,
+    /// Refused with a retry hint: the buffer is full.
+    Overloaded,
 }
 
-const REJECTIONS: [(Rejection, &str); 5] = [
+const REJECTIONS: [(Rejection, &str); 6] = [
     (Rejection::InvalidSpan, "invalid_span"),
     (Rejection::Malformed, "malformed"),
     (Rejection::TooLarge, "too_large"),
     (Rejection::Unsupported, "unsupported"),
     (Rejection::Internal, "internal"),
+    (Rejection::Overloaded, "overloaded"),
 ];
 
 #[derive(Default)]
@@ -51,9 +54,9 @@ pub struct Metrics {
     spans_accepted: AtomicU64,
     llm_calls: AtomicU64,
     /// Spans rejected, by [`REJECTIONS`] index.
-    spans_rejected: [AtomicU64; 5],
+    spans_rejected: [AtomicU64; 6],
     /// Whole requests rejected, by [`REJECTIONS`] index.
-    requests_rejected: [AtomicU64; 5],
+    requests_rejected: [AtomicU64; 6],
     flushes: Timer,
     flush_failures: AtomicU64,
     flushed_spans: AtomicU64,

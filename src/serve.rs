@@ -172,6 +172,8 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
     let limits = ingest::Limits {
         max_attribute_value_bytes: config.ingest.max_attribute_value_bytes.as_usize(),
         max_future_skew: config.ingest.max_future_skew.0,
+        max_buffer_bytes: config.ingest.max_buffer_bytes.as_usize(),
+        retry_after: config.ingest.retry_after.0,
     };
     let prices = Arc::new(PriceBook::load(config.pricing.file())?);
     tracing::info!(

@@ -16,7 +16,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-use super::Pipeline;
+use super::{IngestError, Pipeline};
 use crate::metrics::Rejection;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -26,10 +26,31 @@ pub fn rpc_status(code: i32, message: &str) -> RpcStatus {
     RpcStatus {
         code,
         message: message.to_owned(),
+        details: Vec::new(),
     }
 }
 
-pub use generated::Status as RpcStatus;
+/// A google.rpc.Status asking the client to retry after `delay`: OTLP
+/// clients retry RESOURCE_EXHAUSTED / UNAVAILABLE (and HTTP 429 / 503)
+/// after the RetryInfo delay.
+pub fn retry_status(code: i32, message: &str, delay: std::time::Duration) -> RpcStatus {
+    let info = generated::RetryInfo {
+        retry_delay: Some(generated::Duration {
+            seconds: delay.as_secs() as i64,
+            nanos: delay.subsec_nanos() as i32,
+        }),
+    };
+    RpcStatus {
+        code,
+        message: message.to_owned(),
+        details: vec![generated::Any {
+            type_url: "type.googleapis.com/google.rpc.RetryInfo".to_owned(),
+            value: prost::Message::encode_to_vec(&info),
+        }],
+    }
+}
+
+pub use generated::{RetryInfo, Status as RpcStatus};
 
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
@@ -96,6 +117,7 @@ where
             let reason = match code {
                 None | Some(Code::Ok) => None,
                 Some(Code::ResourceExhausted | Code::OutOfRange) => Some(Rejection::TooLarge),
+                Some(Code::Unavailable) => Some(Rejection::Overloaded),
                 Some(Code::Unimplemented) => Some(Rejection::Unsupported),
                 Some(Code::InvalidArgument) => Some(Rejection::Malformed),
                 Some(_) => Some(Rejection::Internal),
@@ -122,9 +144,20 @@ impl UnaryService<ExportTraceServiceRequest> for Export {
             let outcome = super::run_cpu(small, move || pipeline.export(request))
                 .await
                 .map_err(|e| Status::internal(format!("internal error: {e}")))?
-                .map_err(|e| {
-                    tracing::error!(error = %e, "could not accept spans");
-                    Status::internal(e.to_string())
+                .map_err(|e| match e {
+                    IngestError::Overloaded { retry_after, .. } => {
+                        let message = e.to_string();
+                        let details = retry_status(Code::Unavailable as i32, &message, retry_after);
+                        Status::with_details(
+                            Code::Unavailable,
+                            message,
+                            prost::Message::encode_to_vec(&details).into(),
+                        )
+                    }
+                    e => {
+                        tracing::error!(error = %e, "could not accept spans");
+                        Status::internal(e.to_string())
+                    }
                 })?;
             let partial_success = (outcome.rejected > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: outcome.rejected as i64,

@@ -33,6 +33,7 @@ pub const TRACE_PATHS: &[&str] = &[
 const INVALID_ARGUMENT: i32 = 3;
 const RESOURCE_EXHAUSTED: i32 = 8;
 const INTERNAL: i32 = 13;
+const UNAVAILABLE: i32 = 14;
 
 #[derive(Clone)]
 struct HttpState {
@@ -62,6 +63,9 @@ struct Failure {
     http: StatusCode,
     grpc_code: i32,
     message: String,
+    /// Set when the client should retry: a Retry-After header and a
+    /// RetryInfo detail in the body.
+    retry_after: Option<std::time::Duration>,
 }
 
 impl Failure {
@@ -70,6 +74,7 @@ impl Failure {
             http: StatusCode::BAD_REQUEST,
             grpc_code: INVALID_ARGUMENT,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -77,26 +82,50 @@ impl Failure {
         match self.http {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => Rejection::Unsupported,
             StatusCode::PAYLOAD_TOO_LARGE => Rejection::TooLarge,
+            StatusCode::SERVICE_UNAVAILABLE => Rejection::Overloaded,
             s if s.is_server_error() => Rejection::Internal,
             _ => Rejection::Malformed,
         }
     }
 
     fn respond(self, format: Format) -> Response {
-        let body = match format {
-            Format::Protobuf => {
-                crate::ingest::grpc::rpc_status(self.grpc_code, &self.message).encode_to_vec()
+        use crate::ingest::grpc::{retry_status, rpc_status};
+        let body = match (format, self.retry_after) {
+            (Format::Protobuf, None) => rpc_status(self.grpc_code, &self.message).encode_to_vec(),
+            (Format::Protobuf, Some(delay)) => {
+                retry_status(self.grpc_code, &self.message, delay).encode_to_vec()
             }
-            Format::Json => serde_json::json!({"code": self.grpc_code, "message": self.message})
-                .to_string()
-                .into_bytes(),
+            (Format::Json, None) => {
+                serde_json::json!({"code": self.grpc_code, "message": self.message})
+                    .to_string()
+                    .into_bytes()
+            }
+            // The JSON mapping of google.rpc.Status with a RetryInfo detail.
+            (Format::Json, Some(delay)) => serde_json::json!({
+                "code": self.grpc_code,
+                "message": self.message,
+                "details": [{
+                    "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                    "retryDelay": format!("{}s", delay.as_secs_f64()),
+                }],
+            })
+            .to_string()
+            .into_bytes(),
         };
-        (
+        let mut response = (
             self.http,
             [(header::CONTENT_TYPE, content_type(format))],
             body,
         )
-            .into_response()
+            .into_response();
+        if let Some(delay) = self.retry_after {
+            // Whole seconds, at least one: the header has no finer unit.
+            let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
     }
 }
 
@@ -120,6 +149,7 @@ impl From<BodyError> for Failure {
             http,
             grpc_code,
             message: e.to_string(),
+            retry_after: None,
         }
     }
 }
@@ -188,12 +218,21 @@ async fn receive(
             Format::Json => super::otlp_json::decode(&bytes)
                 .map_err(|e| Failure::bad_request(format!("invalid OTLP/JSON: {e}")))?,
         };
-        pipeline.export(request).map_err(|e| {
-            tracing::error!(error = %e, "could not accept spans");
-            Failure {
-                http: StatusCode::INTERNAL_SERVER_ERROR,
-                grpc_code: INTERNAL,
+        pipeline.export(request).map_err(|e| match e {
+            super::IngestError::Overloaded { retry_after, .. } => Failure {
+                http: StatusCode::SERVICE_UNAVAILABLE,
+                grpc_code: UNAVAILABLE,
                 message: e.to_string(),
+                retry_after: Some(retry_after),
+            },
+            e => {
+                tracing::error!(error = %e, "could not accept spans");
+                Failure {
+                    http: StatusCode::INTERNAL_SERVER_ERROR,
+                    grpc_code: INTERNAL,
+                    message: e.to_string(),
+                    retry_after: None,
+                }
             }
         })
     })
@@ -203,6 +242,7 @@ async fn receive(
             http: StatusCode::INTERNAL_SERVER_ERROR,
             grpc_code: INTERNAL,
             message: format!("internal error: {e}"),
+            retry_after: None,
         })
     })
 }

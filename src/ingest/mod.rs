@@ -63,6 +63,13 @@ pub enum IngestError {
     Wal(#[from] WalError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The buffer holds as much as it may until a flush frees memory.
+    #[error("overloaded: {buffered} bytes of spans wait to be written (limit {limit}); retry after {}", humantime::format_duration(*.retry_after))]
+    Overloaded {
+        buffered: usize,
+        limit: usize,
+        retry_after: std::time::Duration,
+    },
 }
 
 /// What the client is told about one export request.
@@ -114,6 +121,16 @@ impl Pipeline {
     /// Normalises, logs and buffers a request. When this returns Ok the
     /// accepted spans are acknowledged: they will reach Parquet.
     pub fn export(&self, request: ExportTraceServiceRequest) -> Result<ExportOutcome, IngestError> {
+        // Refused before anything is logged or buffered: the client keeps the
+        // spans and retries, and memory stays bounded whatever the load.
+        let buffered = self.store.buffer().total_bytes();
+        if buffered >= self.limits.max_buffer_bytes {
+            return Err(IngestError::Overloaded {
+                buffered,
+                limit: self.limits.max_buffer_bytes,
+                retry_after: self.limits.retry_after,
+            });
+        }
         // Logged as received: replay runs the same validation again.
         self.wal.append(&self.tenant, &request)?;
         let now = SystemTime::now();

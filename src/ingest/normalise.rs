@@ -27,6 +27,11 @@ const MAX_REASONS: usize = 5;
 pub struct Limits {
     pub max_attribute_value_bytes: usize,
     pub max_future_skew: Duration,
+    /// Requests are refused while the buffer (unflushed plus being written)
+    /// holds this much.
+    pub max_buffer_bytes: usize,
+    /// The retry delay refused clients are given.
+    pub retry_after: Duration,
 }
 
 /// What became of one export request.

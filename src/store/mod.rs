@@ -135,13 +135,17 @@ struct Persisting {
     key: PartitionKey,
     path: PathBuf,
     batches: Vec<RecordBatch>,
+    bytes: usize,
 }
 
 #[derive(Default)]
 struct BufferState {
     partitions: BTreeMap<PartitionKey, Partition>,
     persisting: Vec<Persisting>,
+    /// Approximate bytes of the rows not yet handed to the writer.
     bytes: usize,
+    /// Arrow bytes of the batches being written.
+    persisting_bytes: usize,
 }
 
 /// What a query reads: the span files on disk and the buffered batches, with
@@ -205,6 +209,13 @@ impl SpanBuffer {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
+    /// Approximate bytes held: not yet handed to the writer, plus being
+    /// written. What backpressure bounds.
+    pub fn total_bytes(&self) -> usize {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.bytes + state.persisting_bytes
+    }
+
     /// Resolves when the buffer has grown past the flush size.
     pub async fn wait_full(&self) {
         self.full.notified().await
@@ -226,15 +237,24 @@ impl SpanBuffer {
         for (key, part) in partitions {
             let batches = part.finish()?;
             let path = path_for(&key);
+            let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
             taken.push((path.clone(), batches.clone()));
-            state.persisting.push(Persisting { key, path, batches });
+            state.persisting_bytes += bytes;
+            state.persisting.push(Persisting {
+                key,
+                path,
+                batches,
+                bytes,
+            });
         }
         Ok(taken)
     }
 
     fn remove_persisting(state: &mut BufferState, path: &Path) -> Option<Persisting> {
         let i = state.persisting.iter().position(|p| p.path == path)?;
-        Some(state.persisting.swap_remove(i))
+        let p = state.persisting.swap_remove(i);
+        state.persisting_bytes -= p.bytes;
+        Some(p)
     }
 
     /// The file `path` is in place: its batches leave the buffer.
@@ -246,14 +266,16 @@ impl SpanBuffer {
     /// The write of `path` failed: its batches go back, for the next flush.
     fn put_back(&self, path: &Path) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(Persisting { key, batches, .. }) = Self::remove_persisting(&mut state, path)
+        let Some(Persisting {
+            key,
+            batches,
+            bytes,
+            ..
+        }) = Self::remove_persisting(&mut state, path)
         else {
             return;
         };
-        state.bytes += batches
-            .iter()
-            .map(RecordBatch::get_array_memory_size)
-            .sum::<usize>();
+        state.bytes += bytes;
         state
             .partitions
             .entry(key)

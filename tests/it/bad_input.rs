@@ -462,6 +462,8 @@ fn corrupted_requests_never_panic() {
     let limits = Limits {
         max_attribute_value_bytes: 1024,
         max_future_skew: std::time::Duration::from_secs(3600),
+        max_buffer_bytes: usize::MAX,
+        retry_after: std::time::Duration::from_secs(1),
     };
     let prices = llmtrace::pricing::PriceBook::default_book();
     // A fixed-seed xorshift: the same corruptions on every run.

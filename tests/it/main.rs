@@ -2,6 +2,7 @@
 
 mod aggregate;
 mod alerts;
+mod backpressure;
 mod bad_input;
 mod fixtures;
 mod loadgen;
