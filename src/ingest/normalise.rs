@@ -356,6 +356,8 @@ mod tests {
         Limits {
             max_attribute_value_bytes: 64,
             max_future_skew: Duration::from_secs(3600),
+            max_buffer_bytes: usize::MAX,
+            retry_after: Duration::from_secs(1),
         }
     }
 
