@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const ENV_PREFIX: &str = "LLMTRACE_";
 
 /// Environment variables with the prefix that are not config keys.
-const ENV_NOT_CONFIG: &[&str] = &["LLMTRACE_LOG", "LLMTRACE_BIN"];
+const ENV_NOT_CONFIG: &[&str] = &["LLMTRACE_LOG", "LLMTRACE_BIN", "LLMTRACE_API_KEY"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,6 +53,8 @@ pub struct Config {
     pub aggregate: AggregateSection,
     /// Alert rules and where they notify (see deploy/alerts.example.toml).
     pub alerts: crate::alert::AlertsConfig,
+    /// API keys, their tenants and scopes; none means an open collector.
+    pub auth: crate::auth::AuthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,6 +199,7 @@ impl Default for Config {
             query: QueryConfig::default(),
             aggregate: AggregateSection::default(),
             alerts: crate::alert::AlertsConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -329,6 +332,9 @@ impl Config {
             return invalid("ingest.max_attribute_value_bytes", "must be at least 16");
         }
         crate::alert::validate(&self.alerts).map_err(ConfigError::Alerts)?;
+        if let Err(message) = crate::auth::Keys::from_config(&self.auth) {
+            return invalid("auth.keys", &message);
+        }
         Ok(())
     }
 }

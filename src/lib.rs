@@ -8,6 +8,7 @@
 pub mod aggregate;
 pub mod alert;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod genai;

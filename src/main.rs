@@ -43,6 +43,19 @@ enum Command {
     /// Alert rules.
     #[command(subcommand)]
     Alerts(AlertsCommand),
+    /// API keys.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Print the SHA-256 of an API key, for `key_sha256` in [[auth.keys]]
+    /// (the config then holds no working key).
+    HashKey {
+        /// The key; at least 16 characters.
+        key: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,6 +114,14 @@ struct QueryTarget {
     /// Config file (price book, query limits, data dir).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// API key for --server (sent as a Bearer token).
+    #[arg(
+        long,
+        env = "LLMTRACE_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    api_key: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -178,6 +199,14 @@ struct LoadgenArgs {
     /// over 29 days of timeline.
     #[arg(long, value_name = "SPANS_PER_S")]
     timeline_rate: Option<f64>,
+    /// API key for collectors that require one (sent as a Bearer token).
+    #[arg(
+        long,
+        env = "LLMTRACE_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    api_key: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -241,6 +270,14 @@ fn main() -> ExitCode {
             format,
         }) => prices_lookup(&model, provider.as_deref(), config.as_deref(), &format),
         Command::Query(args) => query(args),
+        Command::Auth(AuthCommand::HashKey { key }) => {
+            if key.len() < 16 {
+                eprintln!("llmtrace: a key must be at least 16 characters");
+                return ExitCode::from(2);
+            }
+            println!("{}", llmtrace::auth::hash_key(&key));
+            ExitCode::SUCCESS
+        }
         Command::Alerts(AlertsCommand::Check { config, data_dir }) => {
             alerts_check(&config, data_dir)
         }
@@ -306,6 +343,7 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
             })
             .transpose()?,
         timeline_rate: args.timeline_rate,
+        api_key: args.api_key,
     };
     let report = runtime()?.block_on(llmtrace::loadgen::run(options))?;
     print!("{report}");
@@ -363,7 +401,12 @@ fn query(QueryArgs { sql, target: args }: QueryArgs) -> ExitCode {
         }
     };
     if let Some(server) = args.server {
-        return runtime.block_on(query_server(&server, &sql, &args.format));
+        return runtime.block_on(query_server(
+            &server,
+            &sql,
+            &args.format,
+            args.api_key.as_deref(),
+        ));
     }
     let data_dir = args.data_dir.unwrap_or(config.data_dir.clone());
     let outcome: Result<String, QueryError> = runtime.block_on(async {
@@ -453,17 +496,21 @@ fn alerts_check(config_path: &Path, data_dir: Option<PathBuf>) -> ExitCode {
 }
 
 /// `llmtrace query --server`: the same statement through a running server.
-async fn query_server(server: &str, sql: &str, format: &str) -> ExitCode {
+async fn query_server(server: &str, sql: &str, format: &str, api_key: Option<&str>) -> ExitCode {
     let url = format!("{}/api/v1/query", server.trim_end_matches('/'));
     let accept = match format {
         "csv" => "text/csv",
         "table" => llmtrace::api::ARROW_STREAM,
         _ => "application/json",
     };
-    let resp = reqwest::Client::new()
+    let mut request = reqwest::Client::new()
         .post(&url)
         .header("accept", accept)
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    if let Some(key) = api_key {
+        request = request.bearer_auth(key);
+    }
+    let resp = request
         .body(serde_json::json!({ "sql": sql }).to_string())
         .send()
         .await;

@@ -21,15 +21,18 @@ pub enum Rejection {
     Internal,
     /// Refused with a retry hint: the buffer is full.
     Overloaded,
+    /// No valid API key, or one without the ingest scope.
+    Unauthorized,
 }
 
-const REJECTIONS: [(Rejection, &str); 6] = [
+const REJECTIONS: [(Rejection, &str); 7] = [
     (Rejection::InvalidSpan, "invalid_span"),
     (Rejection::Malformed, "malformed"),
     (Rejection::TooLarge, "too_large"),
     (Rejection::Unsupported, "unsupported"),
     (Rejection::Internal, "internal"),
     (Rejection::Overloaded, "overloaded"),
+    (Rejection::Unauthorized, "unauthorized"),
 ];
 
 #[derive(Default)]
@@ -54,9 +57,9 @@ pub struct Metrics {
     spans_accepted: AtomicU64,
     llm_calls: AtomicU64,
     /// Spans rejected, by [`REJECTIONS`] index.
-    spans_rejected: [AtomicU64; 6],
+    spans_rejected: [AtomicU64; 7],
     /// Whole requests rejected, by [`REJECTIONS`] index.
-    requests_rejected: [AtomicU64; 6],
+    requests_rejected: [AtomicU64; 7],
     flushes: Timer,
     flush_failures: AtomicU64,
     flushed_spans: AtomicU64,

@@ -55,6 +55,8 @@ pub enum ServeError {
     Aggregate(#[from] crate::aggregate::AggregateError),
     #[error("alerts: {0}")]
     Alerts(String),
+    #[error("config key `auth.keys`: {0}")]
+    Auth(String),
 }
 
 /// How often closed minutes are looked for and written to rollups/.
@@ -187,6 +189,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         path: rollups_dir,
         source,
     })?;
+    let keys = Arc::new(crate::auth::Keys::from_config(&config.auth).map_err(ServeError::Auth)?);
     let metrics = Arc::new(Metrics::default());
     let aggregator = Arc::new(Aggregator::new(config.aggregate.config())?);
     let query = Arc::new(
@@ -221,7 +224,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
     let max_decompressed = config.ingest.max_decompressed_bytes.as_usize();
 
     let grpc = {
-        let service = TraceService::new(pipeline.clone(), max_decompressed);
+        let service = TraceService::new(pipeline.clone(), keys.clone(), max_decompressed);
         let signal = stopped(stop_rx.clone());
         tokio::spawn(async move {
             // Export requests are large (hundreds of KB); the default 64 KiB
@@ -242,6 +245,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         http_listener,
         ingest::http::router(
             pipeline.clone(),
+            keys.clone(),
             config.ingest.max_request_bytes.as_usize(),
             max_decompressed,
         ),
@@ -279,6 +283,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
             metrics: metrics.clone(),
             store: store.clone(),
             alerts: alert_engine,
+            keys: keys.clone(),
         }),
         stop_rx.clone(),
     );
@@ -335,6 +340,20 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         })
     };
 
+    if keys.is_open() {
+        let exposed: Vec<String> = [addrs.grpc, addrs.http, addrs.api]
+            .iter()
+            .filter(|a| !a.ip().is_loopback())
+            .map(ToString::to_string)
+            .collect();
+        if exposed.is_empty() {
+            tracing::warn!(
+                "no API keys configured ([[auth.keys]]): anyone on this host can write and query"
+            );
+        } else {
+            tracing::warn!(addrs = %exposed.join(","), "no API keys configured ([[auth.keys]]) and listening beyond loopback: anyone who reaches these ports can write and query");
+        }
+    }
     readiness.set(true);
     tracing::info!(
         "listening grpc={} http={} api={} data_dir={}",

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::aggregate::Aggregator;
 use crate::alert::AlertEngine;
+use crate::auth::{AuthError, Keys, Principal, Scope};
 use crate::metrics::{Gauges, Metrics};
 use crate::query::{format, QueryEngine, QueryError};
 use crate::store::Store;
@@ -43,6 +44,32 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub store: Arc<Store>,
     pub alerts: Arc<AlertEngine>,
+    pub keys: Arc<Keys>,
+}
+
+impl ApiState {
+    /// The caller, if it may use `scope`.
+    pub fn authorize(&self, headers: &HeaderMap, scope: Scope) -> Result<Principal, AuthError> {
+        let principal = self.keys.authenticate(headers)?;
+        principal.require(scope)?;
+        Ok(principal)
+    }
+}
+
+/// The 401 (with a Bearer challenge) or 403 answer of an auth failure.
+pub fn denied(e: AuthError) -> Response {
+    let status = match e {
+        AuthError::Unauthenticated => StatusCode::UNAUTHORIZED,
+        AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
+    };
+    let mut response = error(status, e.to_string());
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"llmtrace\""),
+        );
+    }
+    response
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -51,15 +78,23 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(ready))
         .route("/api/v1/query", post(run_query))
         .route("/api/v1/stats", get(stats::stats))
-        .route(
-            "/api/v1/alerts",
-            get(|State(s): State<ApiState>| async move { Json(s.alerts.api_json()) }),
-        )
+        .route("/api/v1/alerts", get(alerts))
         .route("/metrics", get(prometheus))
         .with_state(state)
 }
 
-async fn prometheus(State(state): State<ApiState>) -> Response {
+async fn alerts(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    // Alert instances can name any tenant's models: admin only.
+    if let Err(e) = state.authorize(&headers, Scope::Admin) {
+        return denied(e);
+    }
+    Json(state.alerts.api_json()).into_response()
+}
+
+async fn prometheus(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Err(e) = state.authorize(&headers, Scope::Admin) {
+        return denied(e);
+    }
     let counts = state.aggregator.stats_counts();
     let gauges = Gauges {
         buffer_bytes: state.store.buffer().bytes() as u64,
@@ -162,13 +197,21 @@ async fn run_query(
     headers: HeaderMap,
     body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    let principal = match state.authorize(&headers, Scope::Query) {
+        Ok(p) => p,
+        Err(e) => return denied(e),
+    };
     let Ok(Json(request)) = body else {
         return error(
             StatusCode::BAD_REQUEST,
             "body must be JSON: {\"sql\": \"SELECT …\"}".into(),
         );
     };
-    let result = match state.query.run(&request.sql).await {
+    let result = match state
+        .query
+        .run_as(principal.read_tenant(), &request.sql)
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             let status = match e {

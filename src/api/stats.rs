@@ -7,13 +7,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::{error, ApiState};
 use crate::aggregate::{hdr, Cell, Dimension, GroupStats, StatsQuery};
+use crate::auth::Scope;
 
 const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
 pub const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)];
@@ -107,12 +108,22 @@ pub fn group_json(g: &GroupStats) -> Value {
 
 pub async fn stats(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let query = match parse(&params) {
+    let principal = match state.authorize(&headers, Scope::Query) {
+        Ok(p) => p,
+        Err(e) => return super::denied(e),
+    };
+    let mut query = match parse(&params) {
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    // A tenant's key sees its own calls only, whatever it filters on.
+    if let Some(tenant) = principal.read_tenant() {
+        query.filters.retain(|(d, _)| *d != Dimension::Tenant);
+        query.filters.push((Dimension::Tenant, tenant.to_owned()));
+    }
     let now = chrono::Utc::now();
     let now_nanos = now.timestamp_nanos_opt().unwrap_or(i64::MAX);
     let groups = match state.aggregator.stats(&query, now_nanos) {

@@ -17,6 +17,7 @@ use tonic::{Code, Status};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 use super::{IngestError, Pipeline};
+use crate::auth::{AuthError, Keys, Scope};
 use crate::metrics::Rejection;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -60,13 +61,15 @@ mod generated {
 #[derive(Clone)]
 pub struct TraceService {
     pipeline: Arc<Pipeline>,
+    keys: Arc<Keys>,
     max_decoding_message_size: usize,
 }
 
 impl TraceService {
-    pub fn new(pipeline: Arc<Pipeline>, max_decoding_message_size: usize) -> Self {
+    pub fn new(pipeline: Arc<Pipeline>, keys: Arc<Keys>, max_decoding_message_size: usize) -> Self {
         Self {
             pipeline,
+            keys,
             max_decoding_message_size,
         }
     }
@@ -99,7 +102,23 @@ where
             });
         }
         let pipeline = self.pipeline.clone();
-        let export = Export(pipeline.clone());
+        // The key travels as request metadata, the same headers HTTP uses.
+        let tenant = match self
+            .keys
+            .authenticate(req.headers())
+            .and_then(|p| p.require(Scope::Ingest).map(|p| p.tenant.clone()))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                pipeline.metrics().request_rejected(Rejection::Unauthorized);
+                let status = match e {
+                    AuthError::Unauthenticated => Status::unauthenticated(e.to_string()),
+                    AuthError::Forbidden { .. } => Status::permission_denied(e.to_string()),
+                };
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
+        };
+        let export = Export(pipeline.clone(), tenant);
         let mut grpc = tonic::server::Grpc::new(OtlpCodec)
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip)
@@ -130,7 +149,7 @@ where
     }
 }
 
-struct Export(Arc<Pipeline>);
+struct Export(Arc<Pipeline>, Arc<str>);
 
 impl UnaryService<ExportTraceServiceRequest> for Export {
     type Response = ExportTraceServiceResponse;
@@ -138,10 +157,11 @@ impl UnaryService<ExportTraceServiceRequest> for Export {
 
     fn call(&mut self, request: tonic::Request<ExportTraceServiceRequest>) -> Self::Future {
         let pipeline = self.0.clone();
+        let tenant = self.1.clone();
         Box::pin(async move {
             let request = request.into_inner();
             let small = super::span_count(&request) <= super::INLINE_SPANS;
-            let outcome = super::run_cpu(small, move || pipeline.export(request))
+            let outcome = super::run_cpu(small, move || pipeline.export(&tenant, request))
                 .await
                 .map_err(|e| Status::internal(format!("internal error: {e}")))?
                 .map_err(|e| match e {

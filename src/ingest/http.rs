@@ -20,6 +20,7 @@ use prost::Message;
 
 use super::body::{self, BodyError, Format};
 use super::{ExportOutcome, Pipeline};
+use crate::auth::{AuthError, Keys, Scope};
 use crate::metrics::Rejection;
 
 /// Every path that accepts OTLP/HTTP traces.
@@ -34,21 +35,26 @@ const INVALID_ARGUMENT: i32 = 3;
 const RESOURCE_EXHAUSTED: i32 = 8;
 const INTERNAL: i32 = 13;
 const UNAVAILABLE: i32 = 14;
+const PERMISSION_DENIED: i32 = 7;
+const UNAUTHENTICATED: i32 = 16;
 
 #[derive(Clone)]
 struct HttpState {
     pipeline: Arc<Pipeline>,
+    keys: Arc<Keys>,
     max_request_bytes: usize,
     max_decompressed_bytes: usize,
 }
 
 pub fn router(
     pipeline: Arc<Pipeline>,
+    keys: Arc<Keys>,
     max_request_bytes: usize,
     max_decompressed_bytes: usize,
 ) -> Router {
     let state = HttpState {
         pipeline,
+        keys,
         max_request_bytes,
         max_decompressed_bytes,
     };
@@ -177,7 +183,38 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
             return Failure::from(e).respond(Format::Json);
         }
     };
-    match receive(&state, &headers, body, format).await {
+    let tenant = match state
+        .keys
+        .authenticate(&headers)
+        .and_then(|p| p.require(Scope::Ingest).map(|p| p.tenant.clone()))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            state
+                .pipeline
+                .metrics()
+                .request_rejected(Rejection::Unauthorized);
+            let (http, grpc_code) = match e {
+                AuthError::Unauthenticated => (StatusCode::UNAUTHORIZED, UNAUTHENTICATED),
+                AuthError::Forbidden { .. } => (StatusCode::FORBIDDEN, PERMISSION_DENIED),
+            };
+            let mut response = Failure {
+                http,
+                grpc_code,
+                message: e.to_string(),
+                retry_after: None,
+            }
+            .respond(format);
+            if http == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"llmtrace\""),
+                );
+            }
+            return response;
+        }
+    };
+    match receive(&state, &headers, body, format, tenant).await {
         Ok(outcome) => success(outcome, format),
         Err(failure) => {
             state.pipeline.metrics().request_rejected(failure.reason());
@@ -191,6 +228,7 @@ async fn receive(
     headers: &HeaderMap,
     body: Body,
     format: Format,
+    tenant: Arc<str>,
 ) -> Result<ExportOutcome, Failure> {
     // The body is read up to the limit rather than refused on its declared
     // length: answering before the client has finished sending makes many
@@ -218,7 +256,7 @@ async fn receive(
             Format::Json => super::otlp_json::decode(&bytes)
                 .map_err(|e| Failure::bad_request(format!("invalid OTLP/JSON: {e}")))?,
         };
-        pipeline.export(request).map_err(|e| match e {
+        pipeline.export(&tenant, request).map_err(|e| match e {
             super::IngestError::Overloaded { retry_after, .. } => Failure {
                 http: StatusCode::SERVICE_UNAVAILABLE,
                 grpc_code: UNAVAILABLE,

@@ -89,7 +89,6 @@ pub struct Pipeline {
     store: Arc<Store>,
     aggregator: Arc<Aggregator>,
     metrics: Arc<Metrics>,
-    tenant: Arc<str>,
     response_ids: dedup::ResponseIds,
 }
 
@@ -109,7 +108,6 @@ impl Pipeline {
             store,
             aggregator,
             metrics,
-            tenant: Arc::from(DEFAULT_TENANT),
             response_ids: dedup::ResponseIds::default(),
         }
     }
@@ -118,9 +116,13 @@ impl Pipeline {
         &self.metrics
     }
 
-    /// Normalises, logs and buffers a request. When this returns Ok the
-    /// accepted spans are acknowledged: they will reach Parquet.
-    pub fn export(&self, request: ExportTraceServiceRequest) -> Result<ExportOutcome, IngestError> {
+    /// Normalises, logs and buffers a request of `tenant`. When this returns
+    /// Ok the accepted spans are acknowledged: they will reach Parquet.
+    pub fn export(
+        &self,
+        tenant: &Arc<str>,
+        request: ExportTraceServiceRequest,
+    ) -> Result<ExportOutcome, IngestError> {
         // Refused before anything is logged or buffered: the client keeps the
         // spans and retries, and memory stays bounded whatever the load.
         let buffered = self.store.buffer().total_bytes();
@@ -132,19 +134,17 @@ impl Pipeline {
             });
         }
         // Logged as received: replay runs the same validation again.
-        self.wal.append(&self.tenant, &request)?;
+        self.wal.append(tenant, &request)?;
         let now = SystemTime::now();
         let mut normalised = normalise::normalise(request, &self.limits, &self.prices, now);
         self.response_ids.dedup(&mut normalised.records);
         if !normalised.records.is_empty() {
-            self.store
-                .buffer()
-                .append(&self.tenant, &normalised.records)?;
+            self.store.buffer().append(tenant, &normalised.records)?;
             let now_nanos = now
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as i64);
             self.aggregator
-                .record(&self.tenant, &normalised.records, now_nanos);
+                .record(tenant, &normalised.records, now_nanos);
         }
         let llm_calls = normalised
             .records

@@ -77,6 +77,8 @@ pub struct Options {
     /// [default: `rate`, or 100k when unlimited]. Low values spread a fast
     /// run over days of timeline (rollup benchmarks, multi-minute tests).
     pub timeline_rate: Option<f64>,
+    /// API key sent with every request (Bearer), for collectors with keys.
+    pub api_key: Option<String>,
 }
 
 impl Default for Options {
@@ -94,6 +96,7 @@ impl Default for Options {
             progress: true,
             start_unix_nano: None,
             timeline_rate: None,
+            api_key: None,
         }
     }
 }
@@ -251,9 +254,9 @@ pub async fn run(opts: Options) -> Result<Report, LoadgenError> {
     let mut senders = Vec::with_capacity(opts.connections);
     for _ in 0..opts.connections {
         senders.push(match opts.protocol {
-            Protocol::Grpc => Sender::grpc(&opts.endpoint).await?,
-            Protocol::HttpProto => Sender::http(&opts.endpoint, false)?,
-            Protocol::HttpJson => Sender::http(&opts.endpoint, true)?,
+            Protocol::Grpc => Sender::grpc(&opts.endpoint, opts.api_key.as_deref()).await?,
+            Protocol::HttpProto => Sender::http(&opts.endpoint, false, opts.api_key.as_deref())?,
+            Protocol::HttpJson => Sender::http(&opts.endpoint, true, opts.api_key.as_deref())?,
         });
     }
 

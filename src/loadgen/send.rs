@@ -60,25 +60,37 @@ pub enum Outcome {
 
 /// One connection to the collector.
 pub enum Sender {
-    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    Grpc {
+        client: tonic::client::Grpc<tonic::transport::Channel>,
+        /// `authorization` metadata, when an API key is given.
+        auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    },
     Http {
         client: reqwest::Client,
         url: String,
         content_type: &'static str,
+        api_key: Option<String>,
     },
 }
 
 impl Sender {
-    pub async fn grpc(endpoint: &str) -> Result<Self, LoadgenError> {
+    pub async fn grpc(endpoint: &str, api_key: Option<&str>) -> Result<Self, LoadgenError> {
+        let auth = api_key
+            .map(|k| format!("Bearer {k}").parse())
+            .transpose()
+            .map_err(|_| LoadgenError::Options("--api-key must be printable ASCII".into()))?;
         let channel = tonic::transport::Channel::from_shared(endpoint.to_owned())
             .map_err(|e| LoadgenError::Endpoint(format!("{endpoint}: {e}")))?
             .connect()
             .await
             .map_err(|e| LoadgenError::Connect(format!("{endpoint}: {e}")))?;
-        Ok(Sender::Grpc(tonic::client::Grpc::new(channel)))
+        Ok(Sender::Grpc {
+            client: tonic::client::Grpc::new(channel),
+            auth,
+        })
     }
 
-    pub fn http(endpoint: &str, json: bool) -> Result<Self, LoadgenError> {
+    pub fn http(endpoint: &str, json: bool, api_key: Option<&str>) -> Result<Self, LoadgenError> {
         let url: reqwest::Url = endpoint
             .parse()
             .map_err(|e| LoadgenError::Endpoint(format!("{endpoint}: {e}")))?;
@@ -99,19 +111,23 @@ impl Sender {
             } else {
                 "application/x-protobuf"
             },
+            api_key: api_key.map(str::to_owned),
         })
     }
 
     pub async fn send(&mut self, body: Vec<u8>) -> Outcome {
         match self {
-            Sender::Grpc(client) => {
+            Sender::Grpc { client, auth } => {
                 if let Err(e) = client.ready().await {
                     return Outcome::Failed {
                         reason: format!("connection: {e}"),
                         retryable: true,
                     };
                 }
-                let request = tonic::Request::new(Bytes::from(body));
+                let mut request = tonic::Request::new(Bytes::from(body));
+                if let Some(auth) = auth {
+                    request.metadata_mut().insert("authorization", auth.clone());
+                }
                 match client
                     .unary(request, EXPORT_PATH.parse().expect("valid path"), RawCodec)
                     .await
@@ -132,13 +148,15 @@ impl Sender {
                 client,
                 url,
                 content_type,
+                api_key,
             } => {
-                let resp = client
+                let mut request = client
                     .post(url.as_str())
-                    .header("content-type", *content_type)
-                    .body(body)
-                    .send()
-                    .await;
+                    .header("content-type", *content_type);
+                if let Some(key) = api_key {
+                    request = request.bearer_auth(key);
+                }
+                let resp = request.body(body).send().await;
                 let resp = match resp {
                     Ok(r) => r,
                     Err(e) => {

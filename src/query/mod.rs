@@ -111,9 +111,59 @@ pub struct QueryResult {
 }
 
 pub struct QueryEngine {
+    /// The session over every tenant's data.
     ctx: SessionContext,
+    /// What a tenant's session is built from; sessions share the runtime
+    /// (memory pool, cached footers).
+    parts: Parts,
+    /// Sessions that see one tenant's data only, built on first use.
+    tenants: std::sync::Mutex<std::collections::HashMap<String, SessionContext>>,
     limits: QueryLimits,
     metrics: Option<Arc<Metrics>>,
+}
+
+#[derive(Clone)]
+struct Parts {
+    source: SpanSource,
+    data_dir: std::path::PathBuf,
+    prices: Arc<PriceBook>,
+    config: SessionConfig,
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+}
+
+impl Parts {
+    /// A session over the store; `tenant` restricts every table to one tenant.
+    async fn session(&self, tenant: Option<&str>) -> Result<SessionContext, QueryError> {
+        let ctx = SessionContext::new_with_config_rt(self.config.clone(), self.runtime.clone());
+        let tenant: Option<Arc<str>> = tenant.map(Arc::from);
+        ctx.register_table(
+            "spans",
+            Arc::new(SpansTable::new(self.source.clone()).for_tenant(tenant.clone())),
+        )
+        .map_err(classify)?;
+        ctx.sql("CREATE VIEW llm_calls AS SELECT * FROM spans WHERE is_llm")
+            .await
+            .map_err(classify)?;
+        ctx.register_table(
+            "prices",
+            Arc::new(prices_table(&self.prices).map_err(classify)?),
+        )
+        .map_err(classify)?;
+        register_rollups(&ctx, &self.data_dir, tenant.as_deref()).await?;
+        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            udf::LlmCost::new(self.prices.clone()),
+        ));
+        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            hdr_udf::HdrQuantile::new(),
+        ));
+        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            hdr_udf::HdrCount::new(),
+        ));
+        ctx.register_udaf(datafusion::logical_expr::AggregateUDF::new_from_impl(
+            hdr_udf::HdrMerge::new(),
+        ));
+        Ok(ctx)
+    }
 }
 
 /// The `prices` table: one row per price entry and service tier.
@@ -174,7 +224,11 @@ fn prices_table(book: &PriceBook) -> Result<MemTable, DataFusionError> {
 
 /// The `rollups` table: the rollup files, partitioned by tenant and date;
 /// empty (with the same columns) while none exist.
-async fn register_rollups(ctx: &SessionContext, data_dir: &Path) -> Result<(), QueryError> {
+async fn register_rollups(
+    ctx: &SessionContext,
+    data_dir: &Path,
+    tenant: Option<&str>,
+) -> Result<(), QueryError> {
     let partitions = || {
         ["tenant", "date"]
             .iter()
@@ -186,15 +240,20 @@ async fn register_rollups(ctx: &SessionContext, data_dir: &Path) -> Result<(), Q
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
             .with_file_extension(".parquet")
             .with_table_partition_cols(partitions());
-        ctx.register_listing_table(
-            "rollups",
-            format!("{}/", dir.display()),
-            options,
-            Some(rollup_schema()),
-            None,
-        )
-        .await
-        .map_err(classify)?;
+        let url =
+            datafusion::datasource::listing::ListingTableUrl::parse(format!("{}/", dir.display()))
+                .map_err(classify)?;
+        let config = datafusion::datasource::listing::ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(rollup_schema());
+        let table: Arc<dyn datafusion::datasource::TableProvider> = Arc::new(
+            datafusion::datasource::listing::ListingTable::try_new(config).map_err(classify)?,
+        );
+        let table = match tenant {
+            Some(t) => Arc::new(spans_table::TenantOnly::new(table, t)) as _,
+            None => table,
+        };
+        ctx.register_table("rollups", table).map_err(classify)?;
     } else {
         let mut fields: Vec<Field> = rollup_schema()
             .fields()
@@ -289,55 +348,74 @@ impl QueryEngine {
                 *option = true;
             }
         }
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
-        ctx.register_table("spans", Arc::new(SpansTable::new(source)))
-            .map_err(classify)?;
-        ctx.sql("CREATE VIEW llm_calls AS SELECT * FROM spans WHERE is_llm")
-            .await
-            .map_err(classify)?;
-        ctx.register_table("prices", Arc::new(prices_table(prices).map_err(classify)?))
-            .map_err(classify)?;
-        register_rollups(&ctx, data_dir).await?;
-        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
-            udf::LlmCost::new(Arc::new(prices.clone())),
-        ));
-        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
-            hdr_udf::HdrQuantile::new(),
-        ));
-        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
-            hdr_udf::HdrCount::new(),
-        ));
-        ctx.register_udaf(datafusion::logical_expr::AggregateUDF::new_from_impl(
-            hdr_udf::HdrMerge::new(),
-        ));
+        let parts = Parts {
+            source,
+            data_dir: data_dir.to_owned(),
+            prices: Arc::new(prices.clone()),
+            config,
+            runtime,
+        };
         Ok(QueryEngine {
-            ctx,
+            ctx: parts.session(None).await?,
+            parts,
+            tenants: Default::default(),
             limits,
             metrics: None,
         })
     }
 
-    /// Runs one read-only statement within the limits.
-    pub async fn run(&self, sql: &str) -> Result<QueryResult, QueryError> {
+    /// The session that sees `tenant`'s data only, or everything for `None`.
+    async fn session(&self, tenant: Option<&str>) -> Result<SessionContext, QueryError> {
+        let Some(tenant) = tenant else {
+            return Ok(self.ctx.clone());
+        };
+        if let Some(ctx) = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+        {
+            return Ok(ctx.clone());
+        }
+        let ctx = self.parts.session(Some(tenant)).await?;
+        self.tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.to_owned(), ctx.clone());
+        Ok(ctx)
+    }
+
+    /// Runs one read-only statement over `tenant`'s data only (every
+    /// tenant's for `None`), within the limits.
+    pub async fn run_as(&self, tenant: Option<&str>, sql: &str) -> Result<QueryResult, QueryError> {
         let started = Instant::now();
-        let result = self.run_bounded(sql, started).await;
+        let result = match self.session(tenant).await {
+            Ok(ctx) => self.run_bounded(&ctx, sql, started).await,
+            Err(e) => Err(e),
+        };
         if let Some(m) = &self.metrics {
             m.query(started.elapsed(), result.is_ok());
         }
         result
     }
 
-    async fn run_bounded(&self, sql: &str, started: Instant) -> Result<QueryResult, QueryError> {
+    /// Runs one read-only statement over every tenant's data, within the limits.
+    pub async fn run(&self, sql: &str) -> Result<QueryResult, QueryError> {
+        self.run_as(None, sql).await
+    }
+
+    async fn run_bounded(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+        started: Instant,
+    ) -> Result<QueryResult, QueryError> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
         let work = async {
-            let df = self
-                .ctx
-                .sql_with_options(sql, options)
-                .await
-                .map_err(classify)?;
+            let df = ctx.sql_with_options(sql, options).await.map_err(classify)?;
             let mut stream = df.execute_stream().await.map_err(classify)?;
             let schema = stream.schema();
             let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);

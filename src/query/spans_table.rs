@@ -75,6 +75,8 @@ impl std::fmt::Debug for SpanSource {
 #[derive(Debug)]
 pub struct SpansTable {
     source: SpanSource,
+    /// When set, only this tenant's partitions exist for this table.
+    tenant: Option<Arc<str>>,
     /// The file columns as read (see [`read_schema`]).
     file_schema: SchemaRef,
     /// The file columns followed by the partition columns.
@@ -125,10 +127,17 @@ impl SpansTable {
             .collect();
         SpansTable {
             source,
+            tenant: None,
             file_schema,
             schema: Arc::new(Schema::new(fields)),
             partition_fields,
         }
+    }
+
+    /// The same table, showing only `tenant`'s spans (all for `None`).
+    pub fn for_tenant(mut self, tenant: Option<Arc<str>>) -> Self {
+        self.tenant = tenant;
+        self
     }
 
     /// Which of `keys` can hold rows matching `filters` (all, when the
@@ -240,10 +249,15 @@ impl TableProvider for SpansTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let source = self.source.clone();
-        let snapshot = tokio::task::spawn_blocking(move || source.snapshot())
+        let mut snapshot = tokio::task::spawn_blocking(move || source.snapshot())
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        // Another tenant's data is not there at all, whatever the query says.
+        if let Some(t) = &self.tenant {
+            snapshot.files.retain(|f| f.key.tenant == *t);
+            snapshot.batches.retain(|(k, _)| k.tenant == *t);
+        }
         let keys: Vec<&PartitionKey> = snapshot
             .files
             .iter()
@@ -300,6 +314,59 @@ fn text_of(v: &ScalarValue) -> Option<&str> {
         | ScalarValue::LargeUtf8(Some(s)) => Some(s),
         ScalarValue::Dictionary(_, inner) => text_of(inner),
         _ => None,
+    }
+}
+
+/// A table restricted to one tenant: every scan carries `tenant = T`, which
+/// the wrapped listing table applies exactly, by listing only that tenant's
+/// partition directories.
+#[derive(Debug)]
+pub struct TenantOnly {
+    inner: Arc<dyn TableProvider>,
+    tenant: String,
+}
+
+impl TenantOnly {
+    pub fn new(inner: Arc<dyn TableProvider>, tenant: &str) -> Self {
+        TenantOnly {
+            inner,
+            tenant: tenant.to_owned(),
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for TenantOnly {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut filters = filters.to_vec();
+        filters.push(
+            datafusion::logical_expr::col("tenant")
+                .eq(datafusion::logical_expr::lit(self.tenant.clone())),
+        );
+        // The listing table answers partition filters exactly; a limit is
+        // only safe to pass on together with them.
+        self.inner.scan(state, projection, &filters, limit).await
     }
 }
 

@@ -9,7 +9,7 @@ use axum::routing::post;
 use axum::Router;
 use serde_json::Value;
 
-use crate::support::{now_nanos, TestServer};
+use crate::support::{llm_calls_json as calls, TestServer};
 
 /// A local HTTP server recording every JSON body posted to it.
 async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
@@ -31,43 +31,6 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, bodies)
-}
-
-/// An OTLP/JSON request of `n` chat calls to `model`, failed ones with a
-/// rate-limit error.
-fn calls(model: &str, n: u64, failed: bool, seed: u64) -> String {
-    let now = now_nanos() - 2_000_000_000;
-    let spans: Vec<String> = (0..n)
-        .map(|i| {
-            let status = if failed {
-                r#","status":{"code":2,"message":"rate limited"}"#
-            } else {
-                ""
-            };
-            let error = if failed {
-                r#",{"key":"error.type","value":{"stringValue":"RateLimitError"}}"#
-            } else {
-                ""
-            };
-            format!(
-                r#"{{"traceId":"{:032x}","spanId":"{:016x}","name":"chat {model}","kind":3,
-                "startTimeUnixNano":"{}","endTimeUnixNano":"{}","attributes":[
-                {{"key":"gen_ai.operation.name","value":{{"stringValue":"chat"}}}},
-                {{"key":"gen_ai.provider.name","value":{{"stringValue":"openai"}}}},
-                {{"key":"gen_ai.request.model","value":{{"stringValue":"{model}"}}}},
-                {{"key":"gen_ai.usage.input_tokens","value":{{"intValue":"12"}}}},
-                {{"key":"gen_ai.usage.output_tokens","value":{{"intValue":"3"}}}}{error}]{status}}}"#,
-                seed * 1000 + i + 1,
-                seed * 1000 + i + 1,
-                now + i,
-                now + i + 300_000_000
-            )
-        })
-        .collect();
-    format!(
-        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"chatbot"}}}}]}},"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
-        spans.join(",")
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

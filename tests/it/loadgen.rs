@@ -27,6 +27,7 @@ async fn run(protocol: Protocol) {
         progress: false,
         start_unix_nano: None,
         timeline_rate: None,
+        api_key: None,
     })
     .await
     .expect("loadgen runs");

@@ -2,6 +2,7 @@
 
 mod aggregate;
 mod alerts;
+mod auth;
 mod backpressure;
 mod bad_input;
 mod fixtures;

@@ -237,9 +237,47 @@ pub async fn load_with(
         progress: false,
         start_unix_nano: start,
         timeline_rate,
+        api_key: None,
     })
     .await
     .expect("loadgen runs");
     assert_eq!(report.acked_spans, report.sent_spans, "{report}");
     report
+}
+
+/// An OTLP/JSON request of `n` chat calls to `model`, failed ones with a
+/// rate-limit error.
+pub fn llm_calls_json(model: &str, n: u64, failed: bool, seed: u64) -> String {
+    let now = now_nanos() - 2_000_000_000;
+    let spans: Vec<String> = (0..n)
+        .map(|i| {
+            let status = if failed {
+                r#","status":{"code":2,"message":"rate limited"}"#
+            } else {
+                ""
+            };
+            let error = if failed {
+                r#",{"key":"error.type","value":{"stringValue":"RateLimitError"}}"#
+            } else {
+                ""
+            };
+            format!(
+                r#"{{"traceId":"{:032x}","spanId":"{:016x}","name":"chat {model}","kind":3,
+                "startTimeUnixNano":"{}","endTimeUnixNano":"{}","attributes":[
+                {{"key":"gen_ai.operation.name","value":{{"stringValue":"chat"}}}},
+                {{"key":"gen_ai.provider.name","value":{{"stringValue":"openai"}}}},
+                {{"key":"gen_ai.request.model","value":{{"stringValue":"{model}"}}}},
+                {{"key":"gen_ai.usage.input_tokens","value":{{"intValue":"12"}}}},
+                {{"key":"gen_ai.usage.output_tokens","value":{{"intValue":"3"}}}}{error}]{status}}}"#,
+                seed * 1000 + i + 1,
+                seed * 1000 + i + 1,
+                now + i,
+                now + i + 300_000_000
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"chatbot"}}}}]}},"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
+        spans.join(",")
+    )
 }
