@@ -5,11 +5,16 @@
 //! request before its spans are normalised, buffered and acknowledged; once it
 //! returns Ok the spans count as durable. Replay runs the request through the
 //! same validation, so spans rejected the first time are rejected again. Today's implementation, [`NoWal`],
-//! makes them durable only through the shutdown flush; the segment-file WAL
-//! with group commit and replay plugs in here without touching ingest.
+//! makes them durable only through the shutdown flush; the segment-file log
+//! ([`segment`]) is built and tested and plugs in here.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+
+/// Segment files with group commit, torn-tail recovery and truncation: the
+/// log itself. Not wired into ingest yet (issue 8): replay must not write a
+/// span twice when a crash falls between one partition's file and another's.
+pub mod segment;
 
 /// Generated from `proto/llmtrace/v1/wal.proto`.
 pub mod proto {

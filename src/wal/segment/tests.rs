@@ -1,0 +1,689 @@
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicU32;
+use std::time::Instant;
+
+use super::*;
+
+/// Failures the tests inject into the write path.
+#[derive(Default)]
+pub(super) struct Faults {
+    /// Bytes of the next batch to write before its write fails.
+    write_failure: Mutex<Option<usize>>,
+    sync_failures: AtomicU32,
+}
+
+impl Faults {
+    fn fail_next_write_after(&self, bytes: usize) {
+        *self.write_failure.lock().unwrap() = Some(bytes);
+    }
+
+    fn fail_next_syncs(&self, n: u32) {
+        self.sync_failures.store(n, Ordering::SeqCst);
+    }
+
+    pub(super) fn take_write_failure(&self) -> Option<usize> {
+        self.write_failure.lock().unwrap().take()
+    }
+
+    pub(super) fn take_sync_failure(&self) -> bool {
+        self.sync_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// Collects the WARN events emitted on the current thread.
+#[derive(Clone, Default)]
+struct Warnings(Arc<Mutex<Vec<String>>>);
+
+impl Warnings {
+    fn capture<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+        let warnings = Warnings::default();
+        let out = tracing::subscriber::with_default(warnings.clone(), f);
+        let seen = warnings.0.lock().unwrap().clone();
+        (out, seen)
+    }
+}
+
+struct Fields<'a>(&'a mut String);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, "{}={:?} ", field.name(), value);
+    }
+}
+
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut line = String::new();
+            event.record(&mut Fields(&mut line));
+            self.0.lock().unwrap().push(line);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+fn options(segment_size: u64, fsync: FsyncPolicy) -> WalOptions {
+    WalOptions {
+        segment_size,
+        fsync,
+        ..WalOptions::default()
+    }
+}
+
+/// Distinct, self-describing payloads of varying length.
+fn payload(i: usize) -> Vec<u8> {
+    let mut p = format!("record {i}:").into_bytes();
+    p.extend(std::iter::repeat_n((i % 251) as u8, i % 97));
+    p
+}
+
+fn replay_all(replay: Replay) -> Vec<WalRecord> {
+    replay.collect::<Result<_, _>>().unwrap()
+}
+
+fn segments_in(dir: &Path) -> Vec<u64> {
+    list_segments(dir).unwrap()
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
+}
+
+fn flip(path: &Path, at: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[at as usize] ^= 0xff;
+    fs::write(path, bytes).unwrap();
+}
+
+/// A log of `n` records in one segment; returns the positions.
+fn one_segment_log(dir: &Path, n: usize) -> Vec<WalPosition> {
+    let (wal, replay) = Wal::open(dir, WalOptions::default()).unwrap();
+    assert_eq!(replay.count(), 0);
+    let positions: Vec<_> = (0..n).map(|i| wal.append(&payload(i)).unwrap()).collect();
+    assert!(positions.iter().all(|p| p.segment == positions[0].segment));
+    positions
+}
+
+#[test]
+fn records_round_trip_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(4096, FsyncPolicy::Never);
+    let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+    let positions: Vec<_> = (0..1000)
+        .map(|i| wal.append(&payload(i)).unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    let segments = segments_in(dir.path());
+    assert!(segments.len() >= 5, "rotated: {segments:?}");
+    for seq in &segments {
+        assert!(file_len(&segment_path(dir.path(), *seq)) <= 4096);
+    }
+    assert_eq!(wal.stats().records, 1000);
+    drop(wal);
+
+    let (wal, replay) = Wal::open(dir.path(), opts).unwrap();
+    let records = replay_all(replay);
+    assert_eq!(records.len(), 1000);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.position, positions[i]);
+        assert_eq!(r.payload, payload(i));
+    }
+    let next = wal.append(b"after reopen").unwrap();
+    assert!(next > positions[999]);
+}
+
+#[test]
+fn concurrent_appenders_are_replayed_once_in_order_with_few_fsyncs() {
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(1 << 20, FsyncPolicy::Always);
+    let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+    let wal = Arc::new(wal);
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                (0..PER_THREAD)
+                    .map(|i| {
+                        let mut p = format!("{t}/{i}/").into_bytes();
+                        p.resize(64, b'x');
+                        wal.append(&p).unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let positions: Vec<Vec<WalPosition>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let stats = wal.stats();
+    let total = (THREADS * PER_THREAD) as u64;
+    assert_eq!(stats.records, total);
+    println!(
+        "{total} records, {} batches, {} fsyncs, {} segments",
+        stats.batches,
+        stats.syncs,
+        segments_in(dir.path()).len()
+    );
+    assert!(
+        stats.syncs * 2 < total,
+        "group commit shares fsyncs: {} fsyncs for {total} records",
+        stats.syncs
+    );
+    for mine in &positions {
+        // A thread's next append starts after its previous one returned.
+        assert!(mine.windows(2).all(|w| w[0] < w[1]));
+    }
+    drop(wal);
+
+    let (_wal, replay) = Wal::open(dir.path(), opts).unwrap();
+    let records = replay_all(replay);
+    assert_eq!(records.len() as u64, total);
+    assert!(records.windows(2).all(|w| w[0].position < w[1].position));
+    let mut seen = HashSet::new();
+    for r in &records {
+        let text = String::from_utf8_lossy(&r.payload);
+        let mut parts = text.split('/');
+        let t: usize = parts.next().unwrap().parse().unwrap();
+        let i: usize = parts.next().unwrap().parse().unwrap();
+        assert!(seen.insert((t, i)), "{t}/{i} replayed twice");
+        assert_eq!(positions[t][i], r.position);
+    }
+    assert_eq!(seen.len() as u64, total);
+}
+
+#[test]
+fn a_tail_torn_at_any_byte_replays_the_complete_records() {
+    let source = tempfile::tempdir().unwrap();
+    let positions = one_segment_log(source.path(), 5);
+    let seq = positions[0].segment;
+    let original = fs::read(segment_path(source.path(), seq)).unwrap();
+    let last = positions[4].offset as usize;
+    assert_eq!(original.len(), last + 8 + payload(4).len());
+
+    for cut in last..original.len() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), seq);
+        fs::write(&path, &original[..cut]).unwrap();
+        let ((wal, replay), warnings) =
+            Warnings::capture(|| Wal::open(dir.path(), WalOptions::default()).unwrap());
+        let records = replay_all(replay);
+        let payloads: Vec<_> = records.iter().map(|r| r.payload.clone()).collect();
+        assert_eq!(
+            payloads,
+            (0..4).map(payload).collect::<Vec<_>>(),
+            "cut at {cut}"
+        );
+        if cut == last {
+            assert!(
+                warnings.is_empty(),
+                "a clean end is not damage: {warnings:?}"
+            );
+        } else {
+            assert_eq!(warnings.len(), 1, "cut at {cut}: {warnings:?}");
+            assert!(
+                warnings[0].contains(&format!("offset={last} ")),
+                "{warnings:?}"
+            );
+            assert!(warnings[0].contains(&path.display().to_string()));
+        }
+        assert_eq!(file_len(&path), last as u64, "truncated at the torn record");
+
+        let next = wal.append(b"written after recovery").unwrap();
+        assert_eq!(next, positions[4]);
+        drop(wal);
+        let ((_wal, replay), warnings) =
+            Warnings::capture(|| Wal::open(dir.path(), WalOptions::default()).unwrap());
+        let records = replay_all(replay);
+        assert_eq!(records.len(), 5);
+        assert_eq!(records[4].payload, b"written after recovery");
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_the_last_record_drops_only_that_record() {
+    let source = tempfile::tempdir().unwrap();
+    let positions = one_segment_log(source.path(), 6);
+    let seq = positions[0].segment;
+    let original = fs::read(segment_path(source.path(), seq)).unwrap();
+    let last = positions[5].offset;
+
+    for at in last..original.len() as u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), seq);
+        fs::write(&path, &original).unwrap();
+        flip(&path, at);
+        let ((_wal, replay), warnings) =
+            Warnings::capture(|| Wal::open(dir.path(), WalOptions::default()).unwrap());
+        let records = replay_all(replay);
+        assert_eq!(records.len(), 5, "flipped byte {at}");
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(r.payload, payload(i));
+        }
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(file_len(&path), last);
+    }
+}
+
+#[test]
+fn a_corrupt_record_in_an_older_segment_skips_the_rest_of_that_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(1024, FsyncPolicy::Never);
+    let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+    let positions: Vec<_> = (0..100).map(|i| wal.append(&payload(i)).unwrap()).collect();
+    drop(wal);
+    let first = positions[0].segment;
+    let in_first: Vec<_> = positions.iter().filter(|p| p.segment == first).collect();
+    assert!(in_first.len() >= 3);
+    assert!(positions.last().unwrap().segment >= first + 2);
+    let path = segment_path(dir.path(), first);
+    let before = file_len(&path);
+    // A payload byte of the second record of the first segment.
+    flip(&path, in_first[1].offset + 8 + 2);
+
+    let ((_wal, replay), warnings) = Warnings::capture(|| {
+        let (wal, replay) = Wal::open(dir.path(), opts).unwrap();
+        (wal, replay_all(replay))
+    });
+    let expected: Vec<_> = positions
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.segment != first || p.offset < in_first[1].offset)
+        .map(|(i, p)| (*p, payload(i)))
+        .collect();
+    let got: Vec<_> = replay
+        .into_iter()
+        .map(|r| (r.position, r.payload))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("checksum mismatch"), "{warnings:?}");
+    assert!(warnings[0].contains(&format!("offset={} ", in_first[1].offset)));
+    assert_eq!(
+        file_len(&path),
+        before,
+        "older segments are left as they are"
+    );
+}
+
+#[test]
+fn remove_through_deletes_exactly_the_covered_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(1024, FsyncPolicy::Always);
+    let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+    let body = [7u8; 100];
+    let positions: Vec<_> = (0..60).map(|_| wal.append(&body).unwrap()).collect();
+    // 24-byte header + 9 records of 108 bytes fit in 1024.
+    let segs: Vec<u64> = segments_in(dir.path());
+    assert_eq!(segs, (1..=7).collect::<Vec<_>>());
+    let last_of = |seq: u64| *positions.iter().rfind(|p| p.segment == seq).unwrap();
+
+    assert_eq!(wal.remove_through(last_of(2)).unwrap(), 2);
+    assert_eq!(segments_in(dir.path()), (3..=7).collect::<Vec<_>>());
+
+    // A position inside segment 4 covers 3 but not 4.
+    let first4 = positions.iter().position(|p| p.segment == 4).unwrap();
+    let mid4 = positions[first4 + 3];
+    assert_eq!(wal.remove_through(mid4).unwrap(), 1);
+    assert_eq!(segments_in(dir.path()), (4..=7).collect::<Vec<_>>());
+
+    // Nothing changes for a position already passed, nor for a position in
+    // the active segment.
+    assert_eq!(wal.remove_through(last_of(2)).unwrap(), 0);
+    assert!(matches!(
+        wal.remove_through(WalPosition {
+            segment: 99,
+            offset: 0
+        }),
+        Err(WalError::PositionAhead { .. })
+    ));
+    drop(wal);
+
+    // Replay starts right after the checkpoint, inside segment 4.
+    let (wal, replay) = Wal::open(dir.path(), opts.clone()).unwrap();
+    let replayed: Vec<_> = replay_all(replay).into_iter().map(|r| r.position).collect();
+    let expected: Vec<_> = positions.iter().copied().filter(|p| *p > mid4).collect();
+    assert_eq!(replayed, expected);
+
+    // Segments found at open are not scanned, so one is removed only once a
+    // later segment's position is passed.
+    assert_eq!(wal.remove_through(last_of(5)).unwrap(), 1);
+    assert_eq!(segments_in(dir.path()), (5..=7).collect::<Vec<_>>());
+
+    // The active segment is never removed; rotate to let it go.
+    let last = *positions.last().unwrap();
+    assert_eq!(wal.remove_through(last).unwrap(), 2);
+    assert_eq!(segments_in(dir.path()), vec![7]);
+    wal.rotate().unwrap();
+    assert_eq!(wal.remove_through(last).unwrap(), 1);
+    assert_eq!(segments_in(dir.path()), vec![8]);
+    wal.rotate().unwrap();
+    assert_eq!(
+        segments_in(dir.path()),
+        vec![8],
+        "rotating an empty segment is a no-op"
+    );
+    drop(wal);
+
+    let (wal, replay) = Wal::open(dir.path(), opts).unwrap();
+    assert_eq!(replay.count(), 0);
+    assert!(wal.append(b"more").unwrap() > last);
+}
+
+#[test]
+fn a_segment_with_a_foreign_header_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = segment_path(dir.path(), 1);
+    let junk = b"this is not a write-ahead log segment, honestly".to_vec();
+    fs::write(&path, &junk).unwrap();
+    let err = Wal::open(dir.path(), WalOptions::default())
+        .err()
+        .expect("refused");
+    assert!(matches!(err, WalError::BadSegment { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("not a segment of this log"), "{msg}");
+    assert_eq!(fs::read(&path).unwrap(), junk, "left untouched");
+
+    // Right magic, another version.
+    let mut header = encode_header(1);
+    header[8..12].copy_from_slice(&9u32.to_le_bytes());
+    let crc = crc32fast::hash(&header[..20]);
+    header[20..24].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&path, header).unwrap();
+    let err = Wal::open(dir.path(), WalOptions::default())
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            err,
+            WalError::UnsupportedVersion {
+                found: 9,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // A segment whose header names another segment.
+    fs::write(&path, encode_header(5)).unwrap();
+    let err = Wal::open(dir.path(), WalOptions::default())
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("names segment 5"), "{err}");
+}
+
+#[test]
+fn an_incomplete_header_of_the_last_segment_is_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    one_segment_log(dir.path(), 3);
+    let path = segment_path(dir.path(), 2);
+    fs::write(&path, &encode_header(2)[..10]).unwrap();
+    let ((wal, replay), warnings) =
+        Warnings::capture(|| Wal::open(dir.path(), WalOptions::default()).unwrap());
+    assert_eq!(replay_all(replay).len(), 3);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let pos = wal.append(b"x").unwrap();
+    assert_eq!(
+        pos,
+        WalPosition {
+            segment: 2,
+            offset: HEADER_LEN
+        }
+    );
+}
+
+/// Peak virtual memory of the process, so an allocation sized by a garbage
+/// length would show even if the kernel never backed it.
+#[cfg(target_os = "linux")]
+fn vm_peak_kib() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmPeak:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_declared_length_of_4_gib_is_not_allocated() {
+    for (max_record_size, why) in [
+        (64 << 20, "exceeds the maximum record size"),
+        (u32::MAX, "runs past the end of the segment"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let positions = one_segment_log(dir.path(), 3);
+        let path = segment_path(dir.path(), positions[0].segment);
+        let mut bytes = fs::read(&path).unwrap();
+        let end = bytes.len() as u64;
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(&[0xab; 4]);
+        bytes.extend_from_slice(&[0xcd; 1000]);
+        fs::write(&path, bytes).unwrap();
+
+        #[cfg(target_os = "linux")]
+        let before = vm_peak_kib();
+        let opts = WalOptions {
+            max_record_size,
+            ..WalOptions::default()
+        };
+        let ((_wal, records), warnings) = Warnings::capture(|| {
+            let (wal, replay) = Wal::open(dir.path(), opts).unwrap();
+            (wal, replay_all(replay))
+        });
+        #[cfg(target_os = "linux")]
+        {
+            let grown = vm_peak_kib().saturating_sub(before);
+            assert!(grown < 1 << 20, "peak virtual memory grew by {grown} KiB");
+        }
+        assert_eq!(records.len(), 3);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains(why), "{warnings:?}");
+        assert_eq!(file_len(&path), end);
+    }
+}
+
+#[test]
+fn a_failed_write_is_cut_back_and_later_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let ok: Vec<_> = (0..3).map(|i| wal.append(&payload(i)).unwrap()).collect();
+    wal.faults().fail_next_write_after(5);
+    let err = wal.append(b"lost").unwrap_err();
+    assert!(matches!(err, WalError::Io { op: "write", .. }), "{err}");
+    let after = wal.append(&payload(3)).unwrap();
+    assert_eq!(
+        after.offset,
+        ok[2].offset + 8 + payload(2).len() as u64,
+        "the partial write was cut back"
+    );
+    drop(wal);
+    let ((_wal, replay), warnings) =
+        Warnings::capture(|| Wal::open(dir.path(), WalOptions::default()).unwrap());
+    let payloads: Vec<_> = replay_all(replay).into_iter().map(|r| r.payload).collect();
+    assert_eq!(payloads, (0..4).map(payload).collect::<Vec<_>>());
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn a_failed_fsync_fails_the_append_and_moves_to_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let first = wal.append(b"one").unwrap();
+    wal.faults().fail_next_syncs(1);
+    let err = wal.append(b"not acknowledged").unwrap_err();
+    assert!(matches!(err, WalError::Io { op: "fsync", .. }), "{err}");
+    let next = wal.append(b"two").unwrap();
+    assert_eq!(next.segment, first.segment + 1);
+    drop(wal);
+    let (_wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let payloads: Vec<_> = replay_all(replay).into_iter().map(|r| r.payload).collect();
+    assert_eq!(payloads, vec![b"one".to_vec(), b"two".to_vec()]);
+}
+
+#[test]
+fn interval_policy_fsyncs_in_the_background_and_never_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(4096, FsyncPolicy::Interval(Duration::from_millis(10)));
+    let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+    for i in 0..10 {
+        wal.append(&payload(i)).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while wal.stats().syncs == 0 {
+        assert!(Instant::now() < deadline, "the syncer never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(wal);
+    let (_wal, replay) = Wal::open(dir.path(), opts).unwrap();
+    assert_eq!(replay.count(), 10);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), options(1024, FsyncPolicy::Never)).unwrap();
+    for i in 0..100 {
+        wal.append(&payload(i)).unwrap();
+    }
+    assert!(segments_in(dir.path()).len() > 1);
+    assert_eq!(wal.stats().syncs, 0);
+}
+
+#[test]
+fn empty_and_oversized_records_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        max_record_size: 1000,
+        ..WalOptions::default()
+    };
+    let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+    assert!(matches!(wal.append(b""), Err(WalError::EmptyRecord)));
+    assert!(matches!(
+        wal.append(&[1; 1001]),
+        Err(WalError::RecordTooLarge {
+            len: 1001,
+            max: 1000
+        })
+    ));
+    wal.append(&[1; 1000]).unwrap();
+    drop(wal);
+    let (_wal, replay) = Wal::open(dir.path(), opts).unwrap();
+    assert_eq!(replay_all(replay)[0].payload.len(), 1000);
+}
+
+#[test]
+fn a_checkpoint_past_the_surviving_data_starts_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let positions = one_segment_log(dir.path(), 3);
+    {
+        let (wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        assert_eq!(replay.count(), 3);
+        wal.remove_through(positions[2]).unwrap();
+    }
+    // The checkpointed records vanished (fsync off and a power loss).
+    let path = segment_path(dir.path(), positions[0].segment);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(positions[1].offset)
+        .unwrap();
+    let (wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(replay.count(), 0);
+    let new = wal.append(b"new").unwrap();
+    assert!(
+        new > positions[2],
+        "{new} must not be hidden by the checkpoint"
+    );
+    drop(wal);
+    let (_wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let payloads: Vec<_> = replay_all(replay).into_iter().map(|r| r.payload).collect();
+    assert_eq!(payloads, vec![b"new".to_vec()]);
+}
+
+/// `cargo test --release -- --ignored --nocapture bench_group_commit`;
+/// `WAL_BENCH_DIR` picks the disk (default: the system temp dir).
+#[test]
+#[ignore]
+fn bench_group_commit() {
+    const PAYLOAD: usize = 100_000;
+    const SECONDS: f64 = 5.0;
+    let base = std::env::var_os("WAL_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    println!("data dir under {}", base.display());
+
+    // What one writer gets with one fsync per record, for comparison.
+    {
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let mut file = File::create(dir.path().join("raw")).unwrap();
+        let body = vec![1u8; PAYLOAD];
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < SECONDS {
+            file.write_all(&body).unwrap();
+            file.sync_data().unwrap();
+            n += 1;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "raw write+fdatasync, 1 writer: {:>7.0} appends/s {:>7.1} MB/s",
+            n as f64 / secs,
+            n as f64 * PAYLOAD as f64 / secs / 1e6
+        );
+    }
+
+    for threads in [1usize, 4, 16] {
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let wal = Arc::new(wal);
+        let start = Instant::now();
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let wal = Arc::clone(&wal);
+                std::thread::spawn(move || {
+                    let body = vec![t as u8 + 1; PAYLOAD];
+                    let mut latencies = Vec::new();
+                    while start.elapsed().as_secs_f64() < SECONDS {
+                        let t0 = Instant::now();
+                        wal.append(&body).unwrap();
+                        latencies.push(t0.elapsed());
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut latencies: Vec<Duration> = workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        let secs = start.elapsed().as_secs_f64();
+        latencies.sort_unstable();
+        let stats = wal.stats();
+        let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+        println!(
+            "{threads:>2} appenders: {:>7.0} appends/s {:>7.1} MB/s, {:>5.0} fsyncs/s, {:>5.1} records/fsync, latency p50 {:>6.2?} p99 {:>6.2?}",
+            stats.records as f64 / secs,
+            stats.bytes as f64 / secs / 1e6,
+            stats.syncs as f64 / secs,
+            stats.records as f64 / stats.syncs.max(1) as f64,
+            pct(0.5),
+            pct(0.99),
+        );
+    }
+}
+
+#[test]
+fn the_log_can_be_shared_across_threads() {
+    fn shared<T: Send + Sync>() {}
+    fn sent<T: Send>() {}
+    shared::<Wal>();
+    sent::<Replay>();
+    shared::<WalError>();
+}
