@@ -186,6 +186,10 @@ pub struct StorageConfig {
     pub row_group_rows: usize,
     /// zstd compression level of the Parquet files (1-22).
     pub zstd_level: i32,
+    /// Span partitions (hours) older than this are removed; 0 keeps them forever.
+    pub retention: HumanDuration,
+    /// Rollup partitions (days) older than this are removed; 0 keeps them forever.
+    pub rollup_retention: HumanDuration,
 }
 
 impl Default for Config {
@@ -235,6 +239,8 @@ impl Default for StorageConfig {
             flush_bytes: ByteSize(64 << 20),
             row_group_rows: 128 * 1024,
             zstd_level: 1,
+            retention: HumanDuration(Duration::ZERO),
+            rollup_retention: HumanDuration(Duration::ZERO),
         }
     }
 }

@@ -66,6 +66,7 @@ pub struct Metrics {
     queries: Timer,
     query_errors: AtomicU64,
     rollup_rows: AtomicU64,
+    expired_files: AtomicU64,
     rollup_failures: AtomicU64,
 }
 
@@ -112,6 +113,11 @@ impl Metrics {
         if !ok {
             self.query_errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn expired(&self, files: usize) {
+        self.expired_files
+            .fetch_add(files as u64, Ordering::Relaxed);
     }
 
     pub fn rollups_written(&self, rows: usize, failed: bool) {
@@ -169,6 +175,11 @@ impl Metrics {
                 "llmtrace_rollup_write_failures_total",
                 "Rollup writes that failed (rows kept for the next attempt).",
                 get(&self.rollup_failures),
+            ),
+            (
+                "llmtrace_retention_removed_files_total",
+                "Span and rollup files removed by retention.",
+                get(&self.expired_files),
             ),
             (
                 "llmtrace_aggregate_overflowed_calls_total",

@@ -59,6 +59,9 @@ pub enum ServeError {
     Auth(String),
 }
 
+/// How often expired partitions are looked for.
+const RETENTION_TICK: Duration = Duration::from_secs(300);
+
 /// How often closed minutes are looked for and written to rollups/.
 const ROLLUP_TICK: Duration = Duration::from_secs(5);
 
@@ -128,6 +131,7 @@ pub struct RunningServer {
     grace: Duration,
     receivers: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
     flusher: JoinHandle<()>,
+    retention: JoinHandle<()>,
     aggregator: Arc<Aggregator>,
     roller: JoinHandle<RollupSink>,
     alerts: JoinHandle<()>,
@@ -314,6 +318,37 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
             }
         })
     };
+    let retention = {
+        let (data_dir, metrics) = (config.data_dir.clone(), metrics.clone());
+        let (spans_for, rollups_for) = (storage.retention.0, storage.rollup_retention.0);
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            if spans_for.is_zero() && rollups_for.is_zero() {
+                return;
+            }
+            loop {
+                let dir = data_dir.clone();
+                let pass = tokio::task::spawn_blocking(move || {
+                    crate::store::retention::enforce(
+                        &dir,
+                        chrono::Utc::now(),
+                        spans_for,
+                        rollups_for,
+                    )
+                })
+                .await;
+                match pass {
+                    Ok(Ok(removed)) => metrics.expired(removed.span_files + removed.rollup_files),
+                    Ok(Err(error)) => tracing::error!(%error, "retention pass failed"),
+                    Err(error) => tracing::error!(%error, "retention task failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(RETENTION_TICK) => {}
+                    _ = stop_rx.wait_for(|stop| *stop) => break,
+                }
+            }
+        })
+    };
     let roller = {
         let aggregator = aggregator.clone();
         let mut sink = RollupSink {
@@ -369,6 +404,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         readiness,
         grace: config.server.shutdown_grace.0,
         receivers: vec![("grpc", grpc), ("http", http), ("api", api)],
+        retention,
         flusher,
         aggregator,
         roller,
@@ -405,6 +441,7 @@ impl RunningServer {
             }
         }
         let _ = self.flusher.await;
+        let _ = self.retention.await;
         // The last evaluation round finishes and its notifications go out.
         if let Err(error) = self.alerts.await {
             tracing::error!(%error, "alert engine failed");

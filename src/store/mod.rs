@@ -14,6 +14,7 @@
 mod listing;
 mod parquet;
 mod partition;
+pub mod retention;
 mod rollups;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
