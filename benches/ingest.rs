@@ -163,7 +163,9 @@ fn parquet_write(c: &mut Criterion) {
             || batch.clone(),
             |batch| {
                 let path = writer.path_for(&key);
-                writer.write(&path, std::slice::from_ref(&batch)).unwrap();
+                writer
+                    .write(&path, std::slice::from_ref(&batch), &[])
+                    .unwrap();
                 std::fs::remove_file(path).unwrap();
             },
             BatchSize::LargeInput,

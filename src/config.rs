@@ -55,6 +55,46 @@ pub struct Config {
     pub alerts: crate::alert::AlertsConfig,
     /// API keys, their tenants and scopes; none means an open collector.
     pub auth: crate::auth::AuthConfig,
+    pub wal: WalConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalConfig {
+    /// Log every accepted request before acknowledging it, and replay the
+    /// log at start: acknowledged spans survive a crash.
+    pub enabled: bool,
+    /// `always` (fsync before the ack; concurrent requests share an fsync),
+    /// `interval` (fsync every `fsync_interval`), `never` (the OS decides).
+    pub fsync: String,
+    pub fsync_interval: HumanDuration,
+    /// Size at which a log segment is closed and a new one started.
+    pub segment_bytes: ByteSize,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            enabled: true,
+            fsync: "always".into(),
+            fsync_interval: HumanDuration(Duration::from_millis(100)),
+            segment_bytes: ByteSize(64 << 20),
+        }
+    }
+}
+
+impl WalConfig {
+    pub fn options(&self) -> crate::wal::WalOptions {
+        crate::wal::WalOptions {
+            segment_size: self.segment_bytes.0,
+            fsync: match self.fsync.as_str() {
+                "interval" => crate::wal::FsyncPolicy::Interval(self.fsync_interval.0),
+                "never" => crate::wal::FsyncPolicy::Never,
+                _ => crate::wal::FsyncPolicy::Always,
+            },
+            ..crate::wal::WalOptions::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,6 +244,7 @@ impl Default for Config {
             aggregate: AggregateSection::default(),
             alerts: crate::alert::AlertsConfig::default(),
             auth: crate::auth::AuthConfig::default(),
+            wal: WalConfig::default(),
         }
     }
 }
@@ -336,6 +377,12 @@ impl Config {
         }
         if self.ingest.max_attribute_value_bytes.0 < 16 {
             return invalid("ingest.max_attribute_value_bytes", "must be at least 16");
+        }
+        if !["always", "interval", "never"].contains(&self.wal.fsync.as_str()) {
+            return invalid("wal.fsync", "must be always, interval or never");
+        }
+        if self.wal.segment_bytes.0 < 1 << 20 {
+            return invalid("wal.segment_bytes", "must be at least 1MiB");
         }
         crate::alert::validate(&self.alerts).map_err(ConfigError::Alerts)?;
         if let Err(message) = crate::auth::Keys::from_config(&self.auth) {

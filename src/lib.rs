@@ -21,3 +21,15 @@ pub mod record;
 pub mod serve;
 pub mod store;
 pub mod wal;
+
+/// Installs rustls' `ring` crypto provider for the process, once. reqwest is
+/// built without a default provider (its own default, aws-lc-rs, needs cmake
+/// to build), and building any reqwest client before a provider is installed
+/// panics: every entry point that makes HTTP clients calls this first.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider is already installed, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

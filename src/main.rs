@@ -248,6 +248,7 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
+    llmtrace::install_crypto_provider();
     let cli = Cli::parse();
     // The demo prints its own story; the server's info logs would drown it.
     let default_filter = match cli.command {

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::pricing::PriceBook;
 use crate::query::QueryEngine;
 use crate::store::{RollupWriter, Store, StoreError};
-use crate::wal::NoWal;
+use crate::wal::Log;
 
 /// HTTP/2 flow-control windows of the gRPC receiver.
 const GRPC_STREAM_WINDOW: u32 = 4 << 20;
@@ -57,6 +57,10 @@ pub enum ServeError {
     Alerts(String),
     #[error("config key `auth.keys`: {0}")]
     Auth(String),
+    #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
+    #[error("replaying the write-ahead log: {0}")]
+    Replay(#[from] crate::ingest::IngestError),
 }
 
 /// How often expired partitions are looked for.
@@ -114,6 +118,63 @@ impl RollupSink {
     }
 }
 
+/// Forgets the log records whose spans are all in Parquet.
+fn truncate_log(log: &Log, pipeline: &Pipeline) {
+    if let Err(error) = log.truncate_before(pipeline.live_floor()) {
+        tracing::warn!(%error, "could not truncate the write-ahead log; it is replayed from further back at the next start");
+    }
+}
+
+/// Buffers again what the log holds and Parquet does not: the spans of each
+/// record, minus those of partitions whose files say they hold the record.
+fn replay(
+    pipeline: &Pipeline,
+    data_dir: &std::path::Path,
+    replayed: Vec<crate::wal::Replayed>,
+) -> Result<(), ServeError> {
+    use std::collections::{HashMap, HashSet};
+    if replayed.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let records = replayed.len();
+    let mut files: HashMap<crate::store::PartitionKey, HashSet<crate::wal::WalPosition>> =
+        HashMap::new();
+    let mut persisted = |key: &crate::store::PartitionKey, pos: crate::wal::WalPosition| {
+        files
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let mut held = HashSet::new();
+                let dir = key.dir(data_dir);
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let path = entry.path();
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    if name.starts_with('.') || !name.ends_with(".parquet") {
+                        continue;
+                    }
+                    match crate::store::wal_positions(&path) {
+                        Ok(positions) => held.extend(positions),
+                        Err(error) => tracing::warn!(%error, path = %path.display(), "cannot read a span file's log positions"),
+                    }
+                }
+                held
+            })
+            .contains(&pos)
+    };
+    let mut spans = 0;
+    for entry in replayed {
+        spans += pipeline.replay(entry, &mut persisted)?;
+    }
+    tracing::info!(
+        records,
+        spans,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "replayed the write-ahead log"
+    );
+    Ok(())
+}
+
 /// Addresses actually bound (port 0 resolved).
 #[derive(Clone, Copy, Debug)]
 pub struct BoundAddrs {
@@ -134,6 +195,7 @@ pub struct RunningServer {
     retention: JoinHandle<()>,
     aggregator: Arc<Aggregator>,
     roller: JoinHandle<RollupSink>,
+    log: Option<(Arc<Log>, Arc<Pipeline>)>,
     alerts: JoinHandle<()>,
 }
 
@@ -201,14 +263,21 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
             .await?
             .with_metrics(metrics.clone()),
     );
+    let (log, replayed) = if config.wal.enabled {
+        let (log, replayed) = Log::open(&config.data_dir.join("wal"), config.wal.options())?;
+        (Some(Arc::new(log)), replayed)
+    } else {
+        (None, Vec::new())
+    };
     let pipeline = Arc::new(Pipeline::new(
         limits,
         prices,
-        Arc::new(NoWal),
+        log.clone(),
         store.clone(),
         aggregator.clone(),
         metrics.clone(),
     ));
+    replay(&pipeline, &config.data_dir, replayed)?;
 
     let grpc_listener = bind("grpc", config.server.grpc_addr).await?;
     let http_listener = bind("http", config.server.http_addr).await?;
@@ -294,6 +363,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
     let flusher = {
         let store = store.clone();
         let metrics = metrics.clone();
+        let (log, pipeline) = (log.clone(), pipeline.clone());
         let interval = storage.flush_interval.0;
         let mut stop_rx = stop_rx.clone();
         tokio::spawn(async move {
@@ -304,7 +374,11 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
                     _ = stop_rx.wait_for(|stop| *stop) => break,
                 }
                 let started = std::time::Instant::now();
-                match store.flush().await {
+                let flushed = store.flush().await;
+                if let Some(log) = &log {
+                    truncate_log(log, &pipeline);
+                }
+                match flushed {
                     Ok(stats) => {
                         if stats.rows + stats.failed_rows > 0 {
                             metrics.flushed(started.elapsed(), stats.rows, stats.failed_rows > 0);
@@ -409,6 +483,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         aggregator,
         roller,
         alerts,
+        log: log.map(|l| (l, pipeline)),
     })
 }
 
@@ -469,6 +544,10 @@ impl RunningServer {
                 return Err(StoreError::Unflushed(stats.failed_rows).into());
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if let Some((log, pipeline)) = &self.log {
+            // Everything acknowledged is in Parquet now: the log can go.
+            truncate_log(log, pipeline);
         }
         tracing::info!("shutdown complete");
         match first_error {

@@ -19,8 +19,9 @@ pub use normalise::Limits;
 use crate::aggregate::Aggregator;
 use crate::metrics::Metrics;
 use crate::pricing::PriceBook;
+use crate::store::PartitionKey;
 use crate::store::{Store, StoreError};
-use crate::wal::{WalError, WriteAheadLog};
+use crate::wal::{Log, Replayed, WalError, WalPosition};
 
 /// Requests up to this size (wire bytes) are decoded and normalised right on
 /// the async worker; larger ones go to the blocking pool so they cannot stall
@@ -85,18 +86,66 @@ pub struct ExportOutcome {
 pub struct Pipeline {
     limits: Limits,
     prices: Arc<PriceBook>,
-    wal: Arc<dyn WriteAheadLog>,
+    wal: Option<Arc<Log>>,
     store: Arc<Store>,
     aggregator: Arc<Aggregator>,
     metrics: Arc<Metrics>,
     response_ids: dedup::ResponseIds,
+    in_flight: InFlight,
+}
+
+/// Requests between their log append and their buffer append, by the log
+/// position they will have at least: until they reach the buffer, the log
+/// must not be truncated past them.
+#[derive(Default)]
+struct InFlight {
+    next: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<std::collections::BTreeMap<u64, WalPosition>>,
+}
+
+struct Ticket<'a> {
+    in_flight: &'a InFlight,
+    id: u64,
+}
+
+impl InFlight {
+    fn begin(&self, at_least: WalPosition) -> Ticket<'_> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, at_least);
+        Ticket {
+            in_flight: self,
+            id,
+        }
+    }
+
+    fn min(&self) -> Option<WalPosition> {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .min()
+            .copied()
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.in_flight
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl Pipeline {
     pub fn new(
         limits: Limits,
         prices: Arc<PriceBook>,
-        wal: Arc<dyn WriteAheadLog>,
+        wal: Option<Arc<Log>>,
         store: Arc<Store>,
         aggregator: Arc<Aggregator>,
         metrics: Arc<Metrics>,
@@ -109,7 +158,51 @@ impl Pipeline {
             aggregator,
             metrics,
             response_ids: dedup::ResponseIds::default(),
+            in_flight: InFlight::default(),
         }
+    }
+
+    /// The lowest log position whose spans may not be in Parquet yet: the
+    /// log may forget everything before it. Requests in flight are read
+    /// before the buffer, so one moving from the first to the second is
+    /// seen in at least one of them.
+    pub fn live_floor(&self) -> Option<WalPosition> {
+        let in_flight = self.in_flight.min();
+        let buffered = self.store.buffer().min_live_wal();
+        match (in_flight, buffered) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Feeds a request read back from the log at start, as it was accepted,
+    /// without logging it again. `persisted` says whether the record's spans
+    /// of a partition are already in a Parquet file; those are not buffered
+    /// twice. Returns the spans buffered.
+    pub fn replay(
+        &self,
+        entry: Replayed,
+        persisted: &mut dyn FnMut(&PartitionKey, WalPosition) -> bool,
+    ) -> Result<usize, IngestError> {
+        let tenant: Arc<str> = Arc::from(entry.tenant.as_str());
+        let now = SystemTime::now();
+        let mut normalised = normalise::normalise(entry.request, &self.limits, &self.prices, now);
+        self.response_ids.dedup(&mut normalised.records);
+        normalised.records.retain(|r| {
+            let key = PartitionKey::for_span(&tenant, r.start_unix_nano);
+            !persisted(&key, entry.position)
+        });
+        if !normalised.records.is_empty() {
+            self.store
+                .buffer()
+                .append(&tenant, &normalised.records, Some(entry.position))?;
+            let now_nanos = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64);
+            self.aggregator
+                .record(&tenant, &normalised.records, now_nanos);
+        }
+        Ok(normalised.records.len())
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -133,13 +226,23 @@ impl Pipeline {
                 retry_after: self.limits.retry_after,
             });
         }
-        // Logged as received: replay runs the same validation again.
-        self.wal.append(tenant, &request)?;
+        // Logged as received: replay runs the same validation again. The
+        // ticket keeps the log from being truncated past this request until
+        // its spans are in the buffer.
+        let (position, _ticket) = match &self.wal {
+            Some(log) => {
+                let ticket = self.in_flight.begin(log.end());
+                (Some(log.append(tenant, &request)?), Some(ticket))
+            }
+            None => (None, None),
+        };
         let now = SystemTime::now();
         let mut normalised = normalise::normalise(request, &self.limits, &self.prices, now);
         self.response_ids.dedup(&mut normalised.records);
         if !normalised.records.is_empty() {
-            self.store.buffer().append(tenant, &normalised.records)?;
+            self.store
+                .buffer()
+                .append(tenant, &normalised.records, position)?;
             let now_nanos = now
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as i64);

@@ -238,6 +238,7 @@ pub async fn run(opts: Options) -> Result<Report, LoadgenError> {
             "--batch, --connections and --pool must be at least 1".into(),
         ));
     }
+    crate::install_crypto_provider();
     let prepared_at = Instant::now();
     let pool = Arc::new(Pool::build(&opts));
     let pool_bytes: usize = pool.requests.iter().map(Prepared::len).sum();

@@ -485,14 +485,14 @@ mod tests {
         let store = Arc::new(Store::new(dir.path(), usize::MAX, 1024, 1));
         let buffer = store.buffer();
         buffer
-            .append(&Arc::from("default"), &spans_at(TEN, 3))
+            .append(&Arc::from("default"), &spans_at(TEN, 3), None)
             .unwrap();
         buffer
-            .append(&Arc::from("a/b=%c"), &spans_at(TEN + HOUR, 4))
+            .append(&Arc::from("a/b=%c"), &spans_at(TEN + HOUR, 4), None)
             .unwrap();
         store.flush().await.unwrap();
         buffer
-            .append(&Arc::from("default"), &spans_at(TEN + 2 * HOUR, 5))
+            .append(&Arc::from("default"), &spans_at(TEN + 2 * HOUR, 5), None)
             .unwrap();
         (dir, store)
     }

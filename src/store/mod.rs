@@ -25,12 +25,13 @@ use std::time::Instant;
 use arrow::record_batch::RecordBatch;
 use tokio::sync::Notify;
 
-pub use self::parquet::ParquetWriter;
+pub use self::parquet::{wal_positions, ParquetWriter};
 pub use listing::{list_span_files, SpanFile};
 pub use partition::PartitionKey;
 pub use rollups::RollupWriter;
 
 use crate::record::{SpanBatchBuilder, SpanRecord};
+use crate::wal::WalPosition;
 
 /// Rows per sealed Arrow batch inside the buffer: keeps builders small and
 /// lets a flush hand finished batches straight to the Parquet writer.
@@ -97,6 +98,10 @@ struct Partition {
     hasher: ahash::RandomState,
     /// Batches that came back from a failed write.
     retry: Vec<RecordBatch>,
+    /// Write-ahead log records with rows here: written into the file's
+    /// metadata, so replay after a crash knows which of a record's spans
+    /// are already in Parquet.
+    wal: Vec<WalPosition>,
 }
 
 impl Partition {
@@ -117,14 +122,14 @@ impl Partition {
     }
 
     /// All rows as batches, like spans together: groups in name order.
-    fn finish(self) -> Result<Vec<RecordBatch>, StoreError> {
+    fn finish(self) -> Result<(Vec<RecordBatch>, Vec<WalPosition>), StoreError> {
         let mut groups = self.groups;
         groups.sort_by(|a, b| (&a.service, &a.span_name).cmp(&(&b.service, &b.span_name)));
         let mut out = self.retry;
         for g in groups {
             out.extend(g.finish()?);
         }
-        Ok(out)
+        Ok((out, self.wal))
     }
 }
 
@@ -137,6 +142,15 @@ struct Persisting {
     path: PathBuf,
     batches: Vec<RecordBatch>,
     bytes: usize,
+    wal: Vec<WalPosition>,
+}
+
+/// Batches handed to the writer: the file they become, and the log records
+/// they hold rows of.
+pub(crate) struct Taken {
+    path: PathBuf,
+    batches: Vec<RecordBatch>,
+    wal: Vec<WalPosition>,
 }
 
 #[derive(Default)]
@@ -183,13 +197,24 @@ impl SpanBuffer {
         }
     }
 
-    /// Adds records for `tenant`. Once this returns, the spans will be flushed.
-    pub fn append(&self, tenant: &Arc<str>, records: &[SpanRecord]) -> Result<(), StoreError> {
+    /// Adds records for `tenant`, of the log record at `wal` if logged.
+    /// Once this returns, the spans will be flushed.
+    pub fn append(
+        &self,
+        tenant: &Arc<str>,
+        records: &[SpanRecord],
+        wal: Option<WalPosition>,
+    ) -> Result<(), StoreError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut added = 0;
         for r in records {
             let key = PartitionKey::for_span(tenant, r.start_unix_nano);
             let part = state.partitions.entry(key).or_default();
+            if let Some(pos) = wal {
+                if part.wal.last() != Some(&pos) {
+                    part.wal.push(pos);
+                }
+            }
             let group = part.group_of(r);
             group.builder.append(r);
             if group.builder.len() >= SEAL_ROWS {
@@ -227,28 +252,38 @@ impl SpanBuffer {
     /// stay visible to snapshots until [`SpanBuffer::persisted`] or
     /// [`SpanBuffer::put_back`]; finishing them under the lock is what keeps a
     /// snapshot from catching them in neither place.
-    fn take(
-        &self,
-        path_for: impl Fn(&PartitionKey) -> PathBuf,
-    ) -> Result<Vec<(PathBuf, Vec<RecordBatch>)>, StoreError> {
+    fn take(&self, path_for: impl Fn(&PartitionKey) -> PathBuf) -> Result<Vec<Taken>, StoreError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let partitions = std::mem::take(&mut state.partitions);
         state.bytes = 0;
         let mut taken = Vec::with_capacity(partitions.len());
         for (key, part) in partitions {
-            let batches = part.finish()?;
+            let (batches, wal) = part.finish()?;
             let path = path_for(&key);
             let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-            taken.push((path.clone(), batches.clone()));
+            taken.push(Taken {
+                path: path.clone(),
+                batches: batches.clone(),
+                wal: wal.clone(),
+            });
             state.persisting_bytes += bytes;
             state.persisting.push(Persisting {
                 key,
                 path,
                 batches,
                 bytes,
+                wal,
             });
         }
         Ok(taken)
+    }
+
+    /// The lowest log position whose rows are still only in memory.
+    pub fn min_live_wal(&self) -> Option<WalPosition> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let buffered = state.partitions.values().flat_map(|p| p.wal.iter());
+        let writing = state.persisting.iter().flat_map(|p| p.wal.iter());
+        buffered.chain(writing).min().copied()
     }
 
     fn remove_persisting(state: &mut BufferState, path: &Path) -> Option<Persisting> {
@@ -271,18 +306,16 @@ impl SpanBuffer {
             key,
             batches,
             bytes,
+            wal,
             ..
         }) = Self::remove_persisting(&mut state, path)
         else {
             return;
         };
         state.bytes += bytes;
-        state
-            .partitions
-            .entry(key)
-            .or_default()
-            .retry
-            .extend(batches);
+        let part = state.partitions.entry(key).or_default();
+        part.retry.extend(batches);
+        part.wal.extend(wal);
     }
 
     /// Every buffered batch, and the names of the files being written from them.
@@ -370,9 +403,9 @@ impl Store {
         let this = self.clone();
         let stats = tokio::task::spawn_blocking(move || {
             let mut stats = FlushStats::default();
-            for (path, batches) in partitions {
+            for Taken { path, batches, wal } in partitions {
                 let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                match this.writer.write(&path, &batches) {
+                match this.writer.write(&path, &batches, &wal) {
                     Ok(()) => {
                         this.buffer.persisted(&path);
                         stats.files += 1;
@@ -429,10 +462,10 @@ mod tests {
         let interleaved: Vec<SpanRecord> = (0..30)
             .map(|i| record(["b", "a", "c"][i % 3], i as u8))
             .collect();
-        buffer.append(&tenant, &interleaved).unwrap();
+        buffer.append(&tenant, &interleaved, None).unwrap();
         let parts = buffer.take(|_| PathBuf::from("x.parquet")).unwrap();
         assert_eq!(parts.len(), 1);
-        let got = names(&parts[0].1);
+        let got = names(&parts[0].batches);
         let mut want = got.clone();
         want.sort();
         assert_eq!(got, want, "grouped by name");
@@ -446,9 +479,9 @@ mod tests {
         let many: Vec<SpanRecord> = (0..MAX_GROUPS + 50)
             .map(|i| record(&format!("GET /users/{i}"), i as u8))
             .collect();
-        buffer.append(&tenant, &many).unwrap();
+        buffer.append(&tenant, &many, None).unwrap();
         let parts = buffer.take(|_| PathBuf::from("x.parquet")).unwrap();
-        let mut got = names(&parts[0].1);
+        let mut got = names(&parts[0].batches);
         got.sort();
         let mut want: Vec<String> = many.iter().map(|r| r.span_name.clone()).collect();
         want.sort();
@@ -489,7 +522,7 @@ mod tests {
         let buffer = SpanBuffer::new(usize::MAX);
         let tenant: Arc<str> = Arc::from("default");
         buffer
-            .append(&tenant, &[record("a", 1), record("b", 2)])
+            .append(&tenant, &[record("a", 1), record("b", 2)], None)
             .unwrap();
         let rows = |buffer: &SpanBuffer| {
             let (batches, writing) = buffer.snapshot().unwrap();
@@ -499,10 +532,10 @@ mod tests {
         assert_eq!(rows(&buffer), (2, 0));
         let taken = buffer.take(|_| PathBuf::from("p.parquet")).unwrap();
         assert_eq!(rows(&buffer), (2, 1), "still buffered while written");
-        buffer.put_back(&taken[0].0);
+        buffer.put_back(&taken[0].path);
         assert_eq!(rows(&buffer), (2, 0), "back after a failed write");
         let taken = buffer.take(|_| PathBuf::from("q.parquet")).unwrap();
-        buffer.persisted(&taken[0].0);
+        buffer.persisted(&taken[0].path);
         assert_eq!(rows(&buffer), (0, 0), "gone once the file is in place");
     }
 
@@ -527,7 +560,7 @@ mod tests {
         let mut appended = 0;
         for round in 0..200u32 {
             let batch: Vec<SpanRecord> = (0..7).map(|i| record("s", (round + i) as u8)).collect();
-            store.buffer().append(&tenant, &batch).unwrap();
+            store.buffer().append(&tenant, &batch, None).unwrap();
             appended += batch.len();
             let snapshot = tokio::task::block_in_place(|| store.snapshot().unwrap());
             assert_eq!(rows_in(&snapshot), appended, "round {round}");

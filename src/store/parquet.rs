@@ -15,6 +15,36 @@ use parquet::schema::types::ColumnPath;
 use super::partition::PartitionKey;
 use super::StoreError;
 use crate::record::span_schema;
+use crate::wal::WalPosition;
+
+/// File metadata key listing the write-ahead log records whose rows the
+/// file holds (`segment:offset,…`).
+pub const WAL_KEY: &str = "llmtrace.wal";
+
+/// The log records a span file says it holds; none for files without the key
+/// (written without a log, or by other tools).
+pub fn wal_positions(path: &Path) -> Result<Vec<WalPosition>, StoreError> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let reader = SerializedFileReader::new(file)?;
+    let metadata = reader.metadata().file_metadata().key_value_metadata();
+    let Some(value) = metadata
+        .and_then(|kv| kv.iter().find(|k| k.key == WAL_KEY))
+        .and_then(|k| k.value.clone())
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(value
+        .split(',')
+        .filter_map(|p| {
+            let (segment, offset) = p.split_once(':')?;
+            Some(WalPosition {
+                segment: segment.parse().ok()?,
+                offset: offset.parse().ok()?,
+            })
+        })
+        .collect())
+}
 
 /// Bloom filter false-positive rate for trace_id lookups.
 const TRACE_ID_BLOOM_FPP: f64 = 0.01;
@@ -108,10 +138,27 @@ impl ParquetWriter {
         ))
     }
 
-    /// Writes `batches` as the file `path` (from [`ParquetWriter::path_for`]).
-    pub fn write(&self, path: &Path, batches: &[RecordBatch]) -> Result<(), StoreError> {
+    /// Writes `batches` as the file `path` (from [`ParquetWriter::path_for`]),
+    /// noting in its metadata the log records `wal` whose rows it holds.
+    pub fn write(
+        &self,
+        path: &Path,
+        batches: &[RecordBatch],
+        wal: &[WalPosition],
+    ) -> Result<(), StoreError> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        write_atomically(path, span_schema(), self.properties(rows)?, batches)
+        let mut properties = self.properties(rows)?;
+        if !wal.is_empty() {
+            let list: Vec<String> = wal.iter().map(ToString::to_string).collect();
+            properties = properties
+                .into_builder()
+                .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+                    WAL_KEY.to_owned(),
+                    list.join(","),
+                )]))
+                .build();
+        }
+        write_atomically(path, span_schema(), properties, batches)
     }
 }
 

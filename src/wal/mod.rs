@@ -1,19 +1,18 @@
-//! The write-ahead log seam: what an accepted request passes through between
-//! normalisation and acknowledgement.
+//! The write-ahead log: every accepted request is appended (as received,
+//! with its tenant) and durable per the fsync policy before it is
+//! acknowledged. At start the log is replayed through the same validation,
+//! so spans rejected the first time are rejected again.
 //!
-//! The ingest pipeline calls [`WriteAheadLog::append`] with each decoded
-//! request before its spans are normalised, buffered and acknowledged; once it
-//! returns Ok the spans count as durable. Replay runs the request through the
-//! same validation, so spans rejected the first time are rejected again. Today's implementation, [`NoWal`],
-//! makes them durable only through the shutdown flush; the segment-file log
-//! ([`segment`]) is built and tested and plugs in here.
+//! Truncation follows the buffer: the log forgets a record once no buffered,
+//! in-flight or being-written span comes from it. A crash can still fall
+//! between the files of one record (its spans in two hours); each span file
+//! names the log records it holds, so replay skips the partitions already
+//! written and nothing is stored twice.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
-/// Segment files with group commit, torn-tail recovery and truncation: the
-/// log itself. Not wired into ingest yet (issue 8): replay must not write a
-/// span twice when a crash falls between one partition's file and another's.
+/// Segment files with group commit, torn-tail recovery and truncation.
 pub mod segment;
 
 /// Generated from `proto/llmtrace/v1/wal.proto`.
@@ -25,19 +24,113 @@ pub mod proto {
 pub enum WalError {
     #[error("write-ahead log I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("write-ahead log: {0}")]
+    Segment(#[from] segment::WalError),
+    #[error("write-ahead log record at {position}: {message}")]
+    Decode {
+        position: segment::WalPosition,
+        message: String,
+    },
 }
 
-pub trait WriteAheadLog: Send + Sync {
-    /// Makes an accepted request durable before it is acknowledged.
-    fn append(&self, tenant: &str, request: &ExportTraceServiceRequest) -> Result<(), WalError>;
+pub use segment::{FsyncPolicy, WalOptions, WalPosition};
+
+/// One request read back at start: what was acknowledged but may not have
+/// reached Parquet.
+pub struct Replayed {
+    pub position: WalPosition,
+    pub tenant: String,
+    pub request: ExportTraceServiceRequest,
 }
 
-/// No write-ahead log: spans are durable once flushed to Parquet.
-pub struct NoWal;
+/// The write-ahead log of accepted requests: each is appended (and made
+/// durable per the fsync policy) before it is acknowledged, and replayed at
+/// start until the spans of its records are known to be in Parquet.
+pub struct Log {
+    wal: segment::Wal,
+    sequence: std::sync::atomic::AtomicU64,
+}
 
-impl WriteAheadLog for NoWal {
-    fn append(&self, _tenant: &str, _request: &ExportTraceServiceRequest) -> Result<(), WalError> {
-        Ok(())
+impl Log {
+    /// Opens (or creates) the log in `dir` and reads back every record not
+    /// yet truncated. Records that do not decode are logged and skipped.
+    pub fn open(
+        dir: &std::path::Path,
+        options: WalOptions,
+    ) -> Result<(Log, Vec<Replayed>), WalError> {
+        let (wal, replay) = segment::Wal::open(dir, options)?;
+        let mut entries = Vec::new();
+        for record in replay {
+            let record = record?;
+            let decoded = proto::WalEntry::decode(record.payload.as_slice())
+                .map_err(|e| e.to_string())
+                .and_then(|entry| {
+                    ExportTraceServiceRequest::decode(entry.otlp_request.as_slice())
+                        .map(|request| (entry.tenant, request))
+                        .map_err(|e| e.to_string())
+                });
+            match decoded {
+                Ok((tenant, request)) => entries.push(Replayed {
+                    position: record.position,
+                    tenant,
+                    request,
+                }),
+                Err(message) => {
+                    tracing::warn!(position = %record.position, %message, "skipping a write-ahead log record that does not decode")
+                }
+            }
+        }
+        Ok((
+            Log {
+                wal,
+                sequence: std::sync::atomic::AtomicU64::new(0),
+            },
+            entries,
+        ))
+    }
+
+    /// Logs one accepted request; blocks until it is durable per the policy.
+    pub fn append(
+        &self,
+        tenant: &str,
+        request: &ExportTraceServiceRequest,
+    ) -> Result<WalPosition, WalError> {
+        let sequence = self
+            .sequence
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        Ok(self
+            .wal
+            .append(&encode_entry(sequence, tenant, now, request))?)
+    }
+
+    /// A lower bound of the position of any record appended from now on.
+    pub fn end(&self) -> WalPosition {
+        self.wal.end()
+    }
+
+    /// Forgets every record before `live` (the lowest position whose spans
+    /// may not be in Parquet yet; `None` when every logged span is): records
+    /// the checkpoint and deletes the segments wholly before it.
+    pub fn truncate_before(&self, live: Option<WalPosition>) -> Result<usize, WalError> {
+        self.wal.rotate()?;
+        let bound = live.unwrap_or_else(|| self.wal.end());
+        if bound.offset == 0 {
+            return Ok(0);
+        }
+        // Positions are record starts, so one byte before `bound` covers
+        // every earlier record and not `bound` itself.
+        let through = WalPosition {
+            segment: bound.segment,
+            offset: bound.offset - 1,
+        };
+        Ok(self.wal.remove_through(through)?)
+    }
+
+    pub fn sync(&self) -> Result<(), WalError> {
+        Ok(self.wal.sync()?)
     }
 }
 

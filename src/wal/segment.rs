@@ -656,6 +656,12 @@ impl Wal {
         self.inner.sync_active()
     }
 
+    /// Just past the last record written: every record appended from now on
+    /// gets a position at or after this one.
+    pub fn end(&self) -> WalPosition {
+        self.inner.lock_catalog().end
+    }
+
     pub fn stats(&self) -> WalStats {
         let i = &self.inner;
         WalStats {

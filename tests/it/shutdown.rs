@@ -29,6 +29,7 @@ fn batch(request: u64, start: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_loses_nothing_acknowledged() {
+    llmtrace::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut child = Command::new(env!("CARGO_BIN_EXE_llmtrace"))

@@ -332,7 +332,7 @@ impl std::fmt::Debug for Deliverer {
 /// compiler; aws-lc-rs would need cmake). If some other part of the process installed a
 /// provider first, that one is kept and used, which is equally fine.
 fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::install_crypto_provider();
 }
 
 impl Deliverer {
