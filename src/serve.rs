@@ -376,7 +376,10 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
                 let started = std::time::Instant::now();
                 let flushed = store.flush().await;
                 if let Some(log) = &log {
-                    truncate_log(log, &pipeline);
+                    // Rotation and the directory fsync are blocking file work.
+                    let (log, pipeline) = (log.clone(), pipeline.clone());
+                    let _ =
+                        tokio::task::spawn_blocking(move || truncate_log(&log, &pipeline)).await;
                 }
                 match flushed {
                     Ok(stats) => {
