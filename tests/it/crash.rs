@@ -6,92 +6,14 @@
 //! `scripts/crash_test.sh` runs this test repeatedly.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::binary::{spawn_senders, start, Acked};
 use crate::support::now_nanos;
-
-const SPANS_PER_REQUEST: u64 = 50;
-
-fn batch(request: u64, start: u64) -> String {
-    let spans: Vec<String> = (0..SPANS_PER_REQUEST)
-        .map(|i| {
-            let id = request * SPANS_PER_REQUEST + i + 1;
-            // Spans of one request straddle two hours, so a crash can fall
-            // between the files of one request.
-            let t = start + (id % 2) * 3_600_000_000_000;
-            format!(
-                r#"{{"traceId":"{id:032x}","spanId":"{id:016x}","name":"op","startTimeUnixNano":"{t}","endTimeUnixNano":"{}"}}"#,
-                t + 5_000
-            )
-        })
-        .collect();
-    format!(
-        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
-        spans.join(",")
-    )
-}
-
-/// A server process, killed when dropped (also when a test assertion fails).
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `serve` on `data` and returns it with its HTTP and API addresses.
-fn start(data: &Path) -> (Server, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llmtrace"))
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--api-addr",
-            "127.0.0.1:0",
-        ])
-        // Frequent flushes, so kills land before, during and after writes.
-        .env("LLMTRACE_STORAGE_FLUSH_INTERVAL", "150ms")
-        .env("LLMTRACE_QUERY_MAX_ROWS", "10000000")
-        // The test's own knob is not a server setting (the server refuses
-        // LLMTRACE_* variables it does not know).
-        .env_remove("LLMTRACE_CRASH_ROUNDS")
-        .env("LLMTRACE_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if line.contains("listening") {
-                let field = |name: &str| {
-                    line.split(&format!("{name}="))
-                        .nth(1)
-                        .and_then(|r| r.split_whitespace().next())
-                        .map(str::to_owned)
-                };
-                let _ = tx.send((field("http"), field("api")));
-            }
-        }
-    });
-    let child = Server(child);
-    let (http, api) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("listening line logged");
-    (child, http.unwrap(), api.unwrap())
-}
 
 async fn stored_span_ids(api: &str) -> Vec<String> {
     let body = serde_json::json!({ "sql": "SELECT span_id FROM spans" }).to_string();
@@ -124,7 +46,7 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged_and_doubles_nothing() {
         .unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let acked: Acked = Default::default();
     let start_ns = now_nanos() - 2 * 3_600_000_000_000;
     let mut next_request = 0u64;
     for round in 0..rounds {
@@ -147,38 +69,7 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged_and_doubles_nothing() {
 
         let url = format!("http://{http}/v1/traces");
         let stop = Arc::new(AtomicBool::new(false));
-        let mut senders = Vec::new();
-        for worker in 0..4u64 {
-            let (url, acked, stop) = (url.clone(), acked.clone(), stop.clone());
-            let base = next_request + worker * 1_000_000;
-            senders.push(tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                for n in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let request = base + n;
-                    let sent = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(batch(request, start_ns))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(resp) if resp.status() == 200 => {
-                            let mut acked = acked.lock().unwrap();
-                            for i in 0..SPANS_PER_REQUEST {
-                                acked.insert(format!(
-                                    "{:016x}",
-                                    request * SPANS_PER_REQUEST + i + 1
-                                ));
-                            }
-                        }
-                        _ => break,
-                    }
-                }
-            }));
-        }
+        let senders = spawn_senders(&url, &acked, next_request, start_ns, &stop);
         next_request += 10_000_000;
         // Kill at a different moment each round.
         tokio::time::sleep(Duration::from_millis(300 + 170 * round)).await;

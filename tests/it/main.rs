@@ -5,6 +5,7 @@ mod alerts;
 mod auth;
 mod backpressure;
 mod bad_input;
+mod binary;
 mod crash;
 mod fixtures;
 mod loadgen;

@@ -1,0 +1,135 @@
+//! The real `llmtrace` binary as a child process, and clients that load it
+//! over OTLP/HTTP while recording what it acknowledged: shared by the
+//! SIGTERM and SIGKILL tests.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const SPANS_PER_REQUEST: u64 = 50;
+
+pub fn batch(request: u64, start: u64) -> String {
+    let spans: Vec<String> = (0..SPANS_PER_REQUEST)
+        .map(|i| {
+            let id = request * SPANS_PER_REQUEST + i + 1;
+            // Spans of one request straddle two hours, so a crash can fall
+            // between the files of one request.
+            let t = start + (id % 2) * 3_600_000_000_000;
+            format!(
+                r#"{{"traceId":"{id:032x}","spanId":"{id:016x}","name":"op","startTimeUnixNano":"{t}","endTimeUnixNano":"{}"}}"#,
+                t + 5_000
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
+        spans.join(",")
+    )
+}
+
+/// A server process, killed when dropped (also when a test assertion fails).
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `serve` on `data` and returns it with its HTTP and API addresses.
+pub fn start(data: &Path) -> (Server, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llmtrace"))
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
+        ])
+        // Frequent flushes, so kills land before, during and after writes.
+        .env("LLMTRACE_STORAGE_FLUSH_INTERVAL", "150ms")
+        .env("LLMTRACE_QUERY_MAX_ROWS", "10000000")
+        // The test's own knob is not a server setting (the server refuses
+        // LLMTRACE_* variables it does not know).
+        .env_remove("LLMTRACE_CRASH_ROUNDS")
+        .env("LLMTRACE_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("listening") {
+                let field = |name: &str| {
+                    line.split(&format!("{name}="))
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .map(str::to_owned)
+                };
+                let _ = tx.send((field("http"), field("api")));
+            }
+        }
+    });
+    let child = Server(child);
+    let (http, api) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("listening line logged");
+    (child, http.unwrap(), api.unwrap())
+}
+
+/// Span ids acknowledged so far.
+pub type Acked = Arc<Mutex<HashSet<String>>>;
+
+/// Four clients posting batches to `url` until `stop` is set or a request
+/// is not acknowledged (refused, or cut off by the server going away); each
+/// acknowledged span id goes into `acked`. Request numbers start at `base`.
+pub fn spawn_senders(
+    url: &str,
+    acked: &Acked,
+    base: u64,
+    start_ns: u64,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4u64)
+        .map(|worker| {
+            let (url, acked, stop) = (url.to_owned(), acked.clone(), stop.clone());
+            let first = base + worker * 1_000_000;
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let request = first + n;
+                    let sent = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(batch(request, start_ns))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(resp) if resp.status() == 200 => {
+                            let mut acked = acked.lock().unwrap();
+                            for i in 0..SPANS_PER_REQUEST {
+                                acked.insert(format!(
+                                    "{:016x}",
+                                    request * SPANS_PER_REQUEST + i + 1
+                                ));
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+            })
+        })
+        .collect()
+}
