@@ -43,6 +43,16 @@ fn request() -> (ExportTraceServiceRequest, usize) {
     Workload::new(7, now - 60_000_000_000, 2_000_000).batch(BATCH)
 }
 
+/// The normalised records of one request, and how many spans it held.
+fn records() -> (Vec<llmtrace::record::SpanRecord>, usize) {
+    let (req, spans) = request();
+    let prices = PriceBook::default_book();
+    (
+        normalise(req, &limits(), &prices, SystemTime::now()).records,
+        spans,
+    )
+}
+
 fn decode(c: &mut Criterion) {
     let (req, spans) = request();
     let proto = req.encode_to_vec();
@@ -80,14 +90,7 @@ fn normalisation(c: &mut Criterion) {
 }
 
 fn arrow_append(c: &mut Criterion) {
-    let (req, spans) = request();
-    let records = normalise(
-        req,
-        &limits(),
-        &PriceBook::default_book(),
-        SystemTime::now(),
-    )
-    .records;
+    let (records, spans) = records();
     let mut g = c.benchmark_group("arrow");
     g.throughput(Throughput::Elements(spans as u64));
     g.bench_function("append+finish", |b| {
@@ -103,14 +106,7 @@ fn arrow_append(c: &mut Criterion) {
 }
 
 fn aggregation(c: &mut Criterion) {
-    let (req, spans) = request();
-    let records = normalise(
-        req,
-        &limits(),
-        &PriceBook::default_book(),
-        SystemTime::now(),
-    )
-    .records;
+    let (records, spans) = records();
     let tenant: Arc<str> = Arc::from("default");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

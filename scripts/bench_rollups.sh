@@ -16,16 +16,8 @@ venv=${E2E_VENV:-${TMPDIR:-/tmp}/llmtrace-e2e-venv}
 data=${DATA:-}
 if [[ -z "$data" ]]; then
     data=$(mktemp -d)/data
-    LLMTRACE_LOG=info "$bin" serve --data-dir "$data" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-        --api-addr 127.0.0.1:0 2>"$data.log" &
-    pid=$!
-    for _ in $(seq 100); do grep -q listening "$data.log" 2>/dev/null && break; sleep 0.1; done
-    grpc=$(sed -nE 's/.*grpc=([^ ]+).*/\1/p' "$data.log" | head -1)
     start=$(date -u -d "-$DAYS days" +%Y-%m-%dT%H:%M:%SZ)
     rate=$(python3 -c "print($SPANS / ($DAYS * 86400))")
-    "$bin" loadgen --endpoint "http://$grpc" --rate 0 --spans "$SPANS" --duration 2h --seed 1 --quiet \
-        --start "$start" --timeline-rate "$rate"
-    kill -TERM "$pid"; wait "$pid"
-    echo "data in $data"
+    scripts/make_store.sh "$bin" "$data" "$SPANS" --start "$start" --timeline-rate "$rate"
 fi
 "$venv/bin/python" scripts/bench_rollups.py "$bin" "$data" "${RUNS:-3}"

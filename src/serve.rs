@@ -145,17 +145,14 @@ fn replay(
             .entry(key.clone())
             .or_insert_with(|| {
                 let mut held = HashSet::new();
-                let dir = key.dir(data_dir);
-                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                    let path = entry.path();
-                    let name = entry.file_name();
-                    let name = name.to_string_lossy();
-                    if name.starts_with('.') || !name.ends_with(".parquet") {
-                        continue;
-                    }
-                    match crate::store::wal_positions(&path) {
+                let files = crate::store::partition_files(data_dir, key).unwrap_or_else(|error| {
+                    tracing::warn!(%error, partition = ?key, "cannot list a partition's span files");
+                    Vec::new()
+                });
+                for file in files {
+                    match crate::store::wal_positions(&file.path) {
                         Ok(positions) => held.extend(positions),
-                        Err(error) => tracing::warn!(%error, path = %path.display(), "cannot read a span file's log positions"),
+                        Err(error) => tracing::warn!(%error, path = %file.path.display(), "cannot read a span file's log positions"),
                     }
                 }
                 held

@@ -222,24 +222,6 @@ impl Cell {
         }
         Ok(())
     }
-
-    /// Adds the counters and histograms of another cell.
-    pub fn merge(
-        &mut self,
-        counters: &Counters,
-        latency: &Histogram<u64>,
-        ttft: Option<&Histogram<u64>>,
-    ) -> Result<(), HdrError> {
-        self.counters.add(counters);
-        hdr::merge(&mut self.latency, latency)?;
-        if let Some(from) = ttft {
-            match self.ttft.as_mut() {
-                Some(into) => hdr::merge(into, from)?,
-                None => self.ttft = Some(from.clone()),
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

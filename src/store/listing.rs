@@ -45,6 +45,43 @@ fn partition_dirs(dir: &Path, prefix: &str) -> Result<Vec<(String, PathBuf)>, St
     Ok(out)
 }
 
+/// The span files of one partition directory; hidden temp files and other
+/// names are not span files.
+fn files_in(key: &PartitionKey, hour_dir: &Path) -> Result<Vec<SpanFile>, StoreError> {
+    let entries = match std::fs::read_dir(hour_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io(hour_dir, e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(hour_dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".parquet") {
+            continue;
+        }
+        let (size, modified) = match entry.metadata() {
+            Ok(m) if m.is_file() => (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::io(&entry.path(), e)),
+        };
+        files.push(SpanFile {
+            key: key.clone(),
+            path: entry.path(),
+            size,
+            modified,
+        });
+    }
+    Ok(files)
+}
+
+/// The span files of partition `key`.
+pub fn partition_files(data_dir: &Path, key: &PartitionKey) -> Result<Vec<SpanFile>, StoreError> {
+    files_in(key, &key.dir(data_dir))
+}
+
 /// Every span file under `data_dir/spans`, in path order.
 pub fn list_span_files(data_dir: &Path) -> Result<Vec<SpanFile>, StoreError> {
     let mut files = Vec::new();
@@ -55,33 +92,7 @@ pub fn list_span_files(data_dir: &Path) -> Result<Vec<SpanFile>, StoreError> {
                     tracing::debug!(path = %hour_dir.display(), "unparsable partition; skipped");
                     continue;
                 };
-                let entries = match std::fs::read_dir(&hour_dir) {
-                    Ok(entries) => entries,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(StoreError::io(&hour_dir, e)),
-                };
-                for entry in entries {
-                    let entry = entry.map_err(|e| StoreError::io(&hour_dir, e))?;
-                    let name = entry.file_name();
-                    let name = name.to_string_lossy();
-                    if name.starts_with('.') || !name.ends_with(".parquet") {
-                        continue;
-                    }
-                    let (size, modified) = match entry.metadata() {
-                        Ok(m) if m.is_file() => {
-                            (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH))
-                        }
-                        Ok(_) => continue,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(StoreError::io(&entry.path(), e)),
-                    };
-                    files.push(SpanFile {
-                        key: key.clone(),
-                        path: entry.path(),
-                        size,
-                        modified,
-                    });
-                }
+                files.extend(files_in(&key, &hour_dir)?);
             }
         }
     }

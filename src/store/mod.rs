@@ -26,7 +26,7 @@ use arrow::record_batch::RecordBatch;
 use tokio::sync::Notify;
 
 pub use self::parquet::{wal_positions, ParquetWriter};
-pub use listing::{list_span_files, SpanFile};
+pub use listing::{list_span_files, partition_files, SpanFile};
 pub use partition::PartitionKey;
 pub use rollups::RollupWriter;
 
