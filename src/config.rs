@@ -211,6 +211,14 @@ pub struct IngestConfig {
     /// UNAVAILABLE with RetryInfo) while this much is buffered, unflushed or
     /// being written; the client retries, nothing acknowledged is lost.
     pub max_buffer_bytes: ByteSize,
+    /// Requests are refused the same way while those already admitted hold
+    /// this much memory: bodies, decompressed bodies, decoded requests and
+    /// their records, until their spans are in the buffer.
+    pub max_in_flight_bytes: ByteSize,
+    /// Requests are refused the same way while the process's resident memory
+    /// is within `max_in_flight_bytes` + 32 MiB of this, whatever holds it;
+    /// 0 turns the check off.
+    pub memory_limit: ByteSize,
     /// The retry delay given with a refusal.
     pub retry_after: HumanDuration,
 }
@@ -230,6 +238,12 @@ pub struct StorageConfig {
     pub retention: HumanDuration,
     /// Rollup partitions (days) older than this are removed; 0 keeps them forever.
     pub rollup_retention: HumanDuration,
+    /// A span partition's small files are merged into one this long after its
+    /// hour ends (time for late spans to arrive).
+    pub compact_after: HumanDuration,
+    /// Partitions with fewer small files than this are left alone; 0 turns
+    /// compaction off.
+    pub compact_min_files: usize,
 }
 
 impl Default for Config {
@@ -268,6 +282,8 @@ impl Default for IngestConfig {
             max_attribute_value_bytes: ByteSize(64 << 10),
             max_future_skew: HumanDuration(Duration::from_secs(24 * 3600)),
             max_buffer_bytes: ByteSize(256 << 20),
+            max_in_flight_bytes: ByteSize(64 << 20),
+            memory_limit: ByteSize(512 << 20),
             retry_after: HumanDuration(Duration::from_secs(1)),
         }
     }
@@ -282,6 +298,8 @@ impl Default for StorageConfig {
             zstd_level: 1,
             retention: HumanDuration(Duration::ZERO),
             rollup_retention: HumanDuration(Duration::ZERO),
+            compact_after: HumanDuration(Duration::from_secs(10 * 60)),
+            compact_min_files: 4,
         }
     }
 }
@@ -370,6 +388,18 @@ impl Config {
             return invalid(
                 "ingest.max_buffer_bytes",
                 "must be at least storage.flush_bytes, or a size-triggered flush could never happen",
+            );
+        }
+        if self.ingest.max_in_flight_bytes.0 < 1 << 20 {
+            return invalid("ingest.max_in_flight_bytes", "must be at least 1MiB");
+        }
+        let memory = self.ingest.memory_limit.0;
+        if memory != 0
+            && memory < self.ingest.max_in_flight_bytes.0 + self.ingest.max_buffer_bytes.0
+        {
+            return invalid(
+                "ingest.memory_limit",
+                "must be 0 (off) or at least ingest.max_buffer_bytes + ingest.max_in_flight_bytes",
             );
         }
         if self.ingest.retry_after.0.is_zero() {

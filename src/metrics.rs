@@ -67,6 +67,7 @@ pub struct Metrics {
     query_errors: AtomicU64,
     rollup_rows: AtomicU64,
     expired_files: AtomicU64,
+    compacted_files: AtomicU64,
     rollup_failures: AtomicU64,
 }
 
@@ -113,6 +114,11 @@ impl Metrics {
         if !ok {
             self.query_errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn compacted(&self, files: usize) {
+        self.compacted_files
+            .fetch_add(files as u64, Ordering::Relaxed);
     }
 
     pub fn expired(&self, files: usize) {
@@ -180,6 +186,11 @@ impl Metrics {
                 "llmtrace_retention_removed_files_total",
                 "Span and rollup files removed by retention.",
                 get(&self.expired_files),
+            ),
+            (
+                "llmtrace_compacted_files_total",
+                "Small span files merged into larger ones (and removed) by compaction.",
+                get(&self.compacted_files),
             ),
             (
                 "llmtrace_aggregate_overflowed_calls_total",

@@ -66,6 +66,9 @@ pub enum ServeError {
 /// How often expired partitions are looked for.
 const RETENTION_TICK: Duration = Duration::from_secs(300);
 
+/// How often partitions due for compaction are looked for.
+const COMPACTION_TICK: Duration = Duration::from_secs(60);
+
 /// How often closed minutes are looked for and written to rollups/.
 const ROLLUP_TICK: Duration = Duration::from_secs(5);
 
@@ -190,6 +193,7 @@ pub struct RunningServer {
     receivers: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
     flusher: JoinHandle<()>,
     retention: JoinHandle<()>,
+    compactor: JoinHandle<()>,
     aggregator: Arc<Aggregator>,
     roller: JoinHandle<RollupSink>,
     log: Option<(Arc<Log>, Arc<Pipeline>)>,
@@ -238,6 +242,8 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         max_attribute_value_bytes: config.ingest.max_attribute_value_bytes.as_usize(),
         max_future_skew: config.ingest.max_future_skew.0,
         max_buffer_bytes: config.ingest.max_buffer_bytes.as_usize(),
+        max_in_flight_bytes: config.ingest.max_in_flight_bytes.as_usize(),
+        memory_limit: config.ingest.memory_limit.as_usize(),
         retry_after: config.ingest.retry_after.0,
     };
     let prices = Arc::new(PriceBook::load(config.pricing.file())?);
@@ -260,6 +266,8 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
             .await?
             .with_metrics(metrics.clone()),
     );
+    // Before anything reads the store: a compaction cut short is finished or undone.
+    crate::store::compaction::recover(&config.data_dir)?;
     let (log, replayed) = if config.wal.enabled {
         let (log, replayed) = Log::open(&config.data_dir.join("wal"), config.wal.options())?;
         (Some(Arc::new(log)), replayed)
@@ -423,6 +431,29 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
             }
         })
     };
+    let compactor = {
+        let (store, metrics) = (store.clone(), metrics.clone());
+        let policy = crate::store::compaction::Policy {
+            after: storage.compact_after.0,
+            min_files: storage.compact_min_files,
+        };
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            if policy.min_files == 0 {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(COMPACTION_TICK) => {}
+                    _ = stop_rx.wait_for(|stop| *stop) => break,
+                }
+                match store.compact(std::time::SystemTime::now(), &policy).await {
+                    Ok(done) => metrics.compacted(done.files),
+                    Err(error) => tracing::error!(%error, "compaction pass failed"),
+                }
+            }
+        })
+    };
     let roller = {
         let aggregator = aggregator.clone();
         let mut sink = RollupSink {
@@ -479,6 +510,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         grace: config.server.shutdown_grace.0,
         receivers: vec![("grpc", grpc), ("http", http), ("api", api)],
         retention,
+        compactor,
         flusher,
         aggregator,
         roller,
@@ -517,6 +549,7 @@ impl RunningServer {
         }
         let _ = self.flusher.await;
         let _ = self.retention.await;
+        let _ = self.compactor.await;
         // The last evaluation round finishes and its notifications go out.
         if let Err(error) = self.alerts.await {
             tracing::error!(%error, "alert engine failed");

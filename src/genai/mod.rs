@@ -492,7 +492,8 @@ fn ttft_ms(span: &Span, attrs: &Candidates, streaming: Option<bool>) -> Option<f
         .or_else(|| {
             attrs
                 .first(Fact::CompletionStart, value::iso_time_nanos)
-                .map(|t| (t - span.start_time_unix_nano as i64) as f64 / 1e6)
+                // Saturating: the time is the producer's, any year from 1677.
+                .map(|t| t.saturating_sub(span.start_time_unix_nano as i64) as f64 / 1e6)
         })
         .or_else(|| {
             span.events
@@ -579,6 +580,28 @@ mod tests {
         assert_eq!(llm.finish_reason.as_deref(), Some("stop"));
         assert_eq!(llm.streaming, Some(true));
         assert_eq!(llm.ttft_ms, Some(250.0));
+    }
+
+    /// Found by the otlp_protobuf fuzz target: a completion start centuries
+    /// before the span overflowed the subtraction.
+    #[test]
+    fn a_completion_start_centuries_away_is_no_ttft_and_no_panic() {
+        for when in [
+            "1695-05-12T09:15:02.35Z",
+            "1677-09-21T00:12:44Z",
+            "2262-04-11T23:47:16Z",
+        ] {
+            let mut sp = span(vec![
+                s("gen_ai.system", "openai"),
+                s("gen_ai.request.model", "gpt-4o"),
+                i("gen_ai.usage.input_tokens", 10),
+                s("langfuse.observation.completion_start_time", when),
+            ]);
+            sp.start_time_unix_nano = 1_790_000_000_000_000_000;
+            sp.end_time_unix_nano = sp.start_time_unix_nano + 2_000_000_000;
+            let llm = extract(&sp, &[], None).llm.expect("an LLM call");
+            assert_eq!(llm.ttft_ms, None, "{when}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-use super::{IngestError, Pipeline};
+use super::{Admitted, IngestError, Pipeline};
 use crate::auth::{AuthError, Keys, Scope};
 use crate::metrics::Rejection;
 
@@ -118,8 +118,18 @@ where
                 return Box::pin(async move { Ok(status.into_http()) });
             }
         };
+        // Refused before the message is received when nothing could be
+        // admitted: receiving it would take the memory the refusal protects.
+        if let Err(e) = pipeline.check_admission() {
+            let status = export_status(e);
+            return Box::pin(async move {
+                pipeline.metrics().request_rejected(Rejection::Overloaded);
+                Ok(status.into_http())
+            });
+        }
         let export = Export(pipeline.clone(), tenant);
-        let mut grpc = tonic::server::Grpc::new(OtlpCodec)
+        let codec = OtlpCodec(pipeline.clone());
+        let mut grpc = tonic::server::Grpc::new(codec)
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(self.max_decoding_message_size);
@@ -151,34 +161,49 @@ where
 
 struct Export(Arc<Pipeline>, Arc<str>);
 
-impl UnaryService<ExportTraceServiceRequest> for Export {
+/// A decoded request and the memory it was admitted to hold.
+struct AdmittedRequest {
+    request: ExportTraceServiceRequest,
+    admitted: Admitted,
+}
+
+/// The status a refused or failed export answers with.
+fn export_status(e: IngestError) -> Status {
+    match e {
+        IngestError::Overloaded { retry_after, .. } => {
+            let message = e.to_string();
+            let details = retry_status(Code::Unavailable as i32, &message, retry_after);
+            Status::with_details(
+                Code::Unavailable,
+                message,
+                prost::Message::encode_to_vec(&details).into(),
+            )
+        }
+        e => {
+            tracing::error!(error = %e, "could not accept spans");
+            Status::internal(e.to_string())
+        }
+    }
+}
+
+impl UnaryService<AdmittedRequest> for Export {
     type Response = ExportTraceServiceResponse;
     type Future = BoxFuture<tonic::Response<Self::Response>, Status>;
 
-    fn call(&mut self, request: tonic::Request<ExportTraceServiceRequest>) -> Self::Future {
+    fn call(&mut self, request: tonic::Request<AdmittedRequest>) -> Self::Future {
         let pipeline = self.0.clone();
         let tenant = self.1.clone();
         Box::pin(async move {
-            let request = request.into_inner();
+            let AdmittedRequest { request, admitted } = request.into_inner();
             let small = super::span_count(&request) <= super::INLINE_SPANS;
-            let outcome = super::run_cpu(small, move || pipeline.export(&tenant, request))
-                .await
-                .map_err(|e| Status::internal(format!("internal error: {e}")))?
-                .map_err(|e| match e {
-                    IngestError::Overloaded { retry_after, .. } => {
-                        let message = e.to_string();
-                        let details = retry_status(Code::Unavailable as i32, &message, retry_after);
-                        Status::with_details(
-                            Code::Unavailable,
-                            message,
-                            prost::Message::encode_to_vec(&details).into(),
-                        )
-                    }
-                    e => {
-                        tracing::error!(error = %e, "could not accept spans");
-                        Status::internal(e.to_string())
-                    }
-                })?;
+            let outcome = super::run_cpu(small, move || {
+                let outcome = pipeline.export(&tenant, request);
+                drop(admitted);
+                outcome
+            })
+            .await
+            .map_err(|e| Status::internal(format!("internal error: {e}")))?
+            .map_err(export_status)?;
             let partial_success = (outcome.rejected > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: outcome.rejected as i64,
                 error_message: outcome.message,
@@ -190,40 +215,54 @@ impl UnaryService<ExportTraceServiceRequest> for Export {
     }
 }
 
-/// Prost codec whose decode failures are INVALID_ARGUMENT.
-#[derive(Default)]
-struct OtlpCodec;
+/// Prost codec whose decode failures are INVALID_ARGUMENT, and which admits
+/// each request by its size before decoding it (see [`super::admission`]):
+/// here is where a gRPC request's size is first known.
+struct OtlpCodec(Arc<Pipeline>);
 
 impl Codec for OtlpCodec {
     type Encode = ExportTraceServiceResponse;
-    type Decode = ExportTraceServiceRequest;
+    type Decode = AdmittedRequest;
     type Encoder = ProstEncoder<ExportTraceServiceResponse>;
-    type Decoder = InvalidArgumentDecoder;
+    type Decoder = AdmittingDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<ExportTraceServiceResponse, ExportTraceServiceRequest>::default().encoder()
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        InvalidArgumentDecoder(
-            ProstCodec::<ExportTraceServiceResponse, ExportTraceServiceRequest>::default()
+        AdmittingDecoder {
+            prost: ProstCodec::<ExportTraceServiceResponse, ExportTraceServiceRequest>::default()
                 .decoder(),
-        )
+            pipeline: self.0.clone(),
+        }
     }
 }
 
-struct InvalidArgumentDecoder(ProstDecoder<ExportTraceServiceRequest>);
+struct AdmittingDecoder {
+    prost: ProstDecoder<ExportTraceServiceRequest>,
+    pipeline: Arc<Pipeline>,
+}
 
-impl Decoder for InvalidArgumentDecoder {
-    type Item = ExportTraceServiceRequest;
+impl Decoder for AdmittingDecoder {
+    type Item = AdmittedRequest;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        self.0.decode(buf).map_err(|s| match s.code() {
+        use bytes::Buf;
+        // The message as received (already decompressed by tonic), plus
+        // what decoding and normalising it will take.
+        let wire = buf.remaining();
+        let admitted = self
+            .pipeline
+            .admit(wire.saturating_mul(1 + super::DECODED_PER_WIRE_BYTE))
+            .map_err(export_status)?;
+        let request = self.prost.decode(buf).map_err(|s| match s.code() {
             Code::Internal => {
                 Status::invalid_argument(format!("invalid OTLP protobuf: {}", s.message()))
             }
             _ => s,
-        })
+        })?;
+        Ok(request.map(|request| AdmittedRequest { request, admitted }))
     }
 }

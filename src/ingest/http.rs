@@ -230,10 +230,31 @@ async fn receive(
     format: Format,
     tenant: Arc<str>,
 ) -> Result<ExportOutcome, Failure> {
-    // The body is read up to the limit rather than refused on its declared
-    // length: answering before the client has finished sending makes many
-    // clients see a reset connection instead of the 413.
     let limit = state.max_request_bytes;
+    let pipeline = state.pipeline.clone();
+    // A body of declared length is admitted before it is read, so refused
+    // bodies never sit in memory; one without is admitted once read, which
+    // `limit` bounds meanwhile.
+    let declared =
+        header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
+    let early = match declared.map(|n| pipeline.admit(n.min(limit))) {
+        Some(Err(refused)) => {
+            // Read to the end (and dropped) before answering: a client still
+            // sending when the answer comes sees a reset, not the 503.
+            drain(body, limit).await;
+            return Err(Failure::from(refused));
+        }
+        Some(Ok(admitted)) => Some(admitted),
+        None => {
+            if let Err(refused) = pipeline.check_admission() {
+                drain(body, limit).await;
+                return Err(Failure::from(refused));
+            }
+            None
+        }
+    };
+    // The body is read up to the limit rather than refused on its declared
+    // length, for the same reason.
     let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
@@ -243,20 +264,51 @@ async fn receive(
             Failure::bad_request(format!("could not read request body: {e}"))
         }
     })?;
+    let mut admitted = match early {
+        Some(admitted) => admitted,
+        None => pipeline.admit(raw.len())?,
+    };
     let encoding = header_str(headers, header::CONTENT_ENCODING).map(str::to_owned);
-    let pipeline = state.pipeline.clone();
     let max_decompressed = state.max_decompressed_bytes;
     // Decoding and normalising is CPU work: a large body goes to the blocking
     // pool so it cannot stall the reactor.
     super::run_cpu(raw.len() <= super::INLINE_BYTES, move || {
+        let wire = raw.len();
         let bytes = body::decode(encoding.as_deref(), raw, max_decompressed)?;
+        // The decoded request and its records, beside the body itself.
+        let decoded = bytes.len().saturating_mul(super::DECODED_PER_WIRE_BYTE);
+        admitted.grow_to(decoded.saturating_add(wire))?;
         let request = match format {
             Format::Protobuf => ExportTraceServiceRequest::decode(bytes)
                 .map_err(|e| Failure::bad_request(format!("invalid OTLP protobuf: {e}")))?,
             Format::Json => super::otlp_json::decode(&bytes)
                 .map_err(|e| Failure::bad_request(format!("invalid OTLP/JSON: {e}")))?,
         };
-        pipeline.export(&tenant, request).map_err(|e| match e {
+        let outcome = pipeline.export(&tenant, request)?;
+        drop(admitted);
+        Ok(outcome)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(Failure {
+            http: StatusCode::INTERNAL_SERVER_ERROR,
+            grpc_code: INTERNAL,
+            message: format!("internal error: {e}"),
+            retry_after: None,
+        })
+    })
+}
+
+/// Reads and discards a body, up to `limit` bytes.
+async fn drain(body: Body, limit: usize) {
+    use http_body_util::BodyExt;
+    let mut body = http_body_util::Limited::new(body, limit);
+    while let Some(Ok(_frame)) = body.frame().await {}
+}
+
+impl From<super::IngestError> for Failure {
+    fn from(e: super::IngestError) -> Self {
+        match e {
             super::IngestError::Overloaded { retry_after, .. } => Failure {
                 http: StatusCode::SERVICE_UNAVAILABLE,
                 grpc_code: UNAVAILABLE,
@@ -272,17 +324,8 @@ async fn receive(
                     retry_after: None,
                 }
             }
-        })
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(Failure {
-            http: StatusCode::INTERNAL_SERVER_ERROR,
-            grpc_code: INTERNAL,
-            message: format!("internal error: {e}"),
-            retry_after: None,
-        })
-    })
+        }
+    }
 }
 
 fn success(outcome: ExportOutcome, format: Format) -> Response {

@@ -2,6 +2,7 @@
 //! the pipeline every accepted request goes through:
 //! decode -> normalise -> write-ahead log -> buffer -> acknowledge.
 
+mod admission;
 mod body;
 mod dedup;
 pub mod grpc;
@@ -14,6 +15,7 @@ use std::time::SystemTime;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
+pub use admission::{Admission, Admitted, DECODED_PER_WIRE_BYTE};
 pub use normalise::Limits;
 
 use crate::aggregate::Aggregator;
@@ -33,17 +35,18 @@ pub const INLINE_BYTES: usize = 512 * 1024;
 /// cheaper than re-measuring its encoded size.
 pub const INLINE_SPANS: usize = 2_000;
 
-/// Spans in a request.
-pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|rs| &rs.scope_spans)
-        .map(|ss| ss.spans.len())
-        .sum()
-}
+/// A refused request has the buffer flushed early once it holds this much;
+/// less is not worth a file of its own.
+const FLUSH_EARLY_BYTES: usize = 16 << 20;
 
 /// Runs CPU work of a request: inline when `small`, else on the blocking pool.
+///
+/// An export with `wal.fsync = "always"` waits for its fsync on the async
+/// worker. Handing those to the blocking pool measured worse, not better:
+/// 88K instead of 126K spans per CPU-second and more resident memory, as
+/// every pool thread keeps its own allocator cache (BENCHMARKS.md). A log
+/// writer thread that answers appends asynchronously is the way to take the
+/// wait off the workers.
 pub async fn run_cpu<T: Send + 'static>(
     small: bool,
     work: impl FnOnce() -> T + Send + 'static,
@@ -55,6 +58,16 @@ pub async fn run_cpu<T: Send + 'static>(
     }
 }
 
+/// Spans in a request.
+pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len())
+        .sum()
+}
+
 /// Tenant of requests that carry no credentials.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -64,10 +77,12 @@ pub enum IngestError {
     Wal(#[from] WalError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The buffer holds as much as it may until a flush frees memory.
-    #[error("overloaded: {buffered} bytes of spans wait to be written (limit {limit}); retry after {}", humantime::format_duration(*.retry_after))]
+    /// The buffer, or the memory of requests in flight, holds as much as it
+    /// may until a flush or a finished request frees some.
+    #[error("overloaded: {held} bytes {what} (limit {limit}); retry after {}", humantime::format_duration(*.retry_after))]
     Overloaded {
-        buffered: usize,
+        what: &'static str,
+        held: usize,
         limit: usize,
         retry_after: std::time::Duration,
     },
@@ -92,6 +107,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     response_ids: dedup::ResponseIds,
     in_flight: InFlight,
+    admission: Admission,
 }
 
 /// Requests between their log append and their buffer append, by the log
@@ -151,7 +167,6 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            limits,
             prices,
             wal,
             store,
@@ -159,7 +174,35 @@ impl Pipeline {
             metrics,
             response_ids: dedup::ResponseIds::default(),
             in_flight: InFlight::default(),
+            admission: Admission::new(
+                limits.max_in_flight_bytes,
+                limits.memory_limit,
+                limits.retry_after,
+            ),
+            limits,
         }
+    }
+
+    /// Admits a request that will hold `bytes` until its spans are buffered;
+    /// see [`admission`].
+    pub fn admit(&self, bytes: usize) -> Result<Admitted, IngestError> {
+        let admitted = self.admission.admit(bytes);
+        if admitted.is_err() {
+            // Whatever the limit hit, writing out the buffer frees memory
+            // sooner than the next interval flush would.
+            self.store.buffer().flush_soon(FLUSH_EARLY_BYTES);
+        }
+        admitted
+    }
+
+    /// Refuses when no request could be admitted now; asked before reading
+    /// a body of unknown size (every gRPC request).
+    pub fn check_admission(&self) -> Result<(), IngestError> {
+        let open = self.admission.check();
+        if open.is_err() {
+            self.store.buffer().flush_soon(FLUSH_EARLY_BYTES);
+        }
+        open
     }
 
     /// The lowest log position whose spans may not be in Parquet yet: the
@@ -221,7 +264,8 @@ impl Pipeline {
         let buffered = self.store.buffer().total_bytes();
         if buffered >= self.limits.max_buffer_bytes {
             return Err(IngestError::Overloaded {
-                buffered,
+                what: "of spans wait to be written",
+                held: buffered,
                 limit: self.limits.max_buffer_bytes,
                 retry_after: self.limits.retry_after,
             });

@@ -30,6 +30,12 @@ pub struct Limits {
     /// Requests are refused while the buffer (unflushed plus being written)
     /// holds this much.
     pub max_buffer_bytes: usize,
+    /// Requests are refused while those already admitted hold this much
+    /// (bodies, decoded requests and their records).
+    pub max_in_flight_bytes: usize,
+    /// Requests are refused while the process's RSS is within
+    /// `max_in_flight_bytes` + 32 MiB of this; 0 leaves RSS unchecked.
+    pub memory_limit: usize,
     /// The retry delay refused clients are given.
     pub retry_after: Duration,
 }
@@ -357,6 +363,8 @@ mod tests {
             max_attribute_value_bytes: 64,
             max_future_skew: Duration::from_secs(3600),
             max_buffer_bytes: usize::MAX,
+            max_in_flight_bytes: usize::MAX,
+            memory_limit: 0,
             retry_after: Duration::from_secs(1),
         }
     }

@@ -158,14 +158,18 @@ impl PriceBook {
             path: shown.clone(),
             source,
         })?;
-        let is_json =
-            path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
-        let top = if is_json {
-            litellm::parse(&text, &shown)?
+        let is_json = path.extension().is_some_and(|e| e == "json");
+        Ok(base.layered(PriceBook::from_text(&text, &shown, is_json)?))
+    }
+
+    /// A user price book from its text: LiteLLM's JSON when `json` is set or
+    /// the text opens with `{`, else llmtrace's TOML.
+    pub fn from_text(text: &str, origin: &str, json: bool) -> Result<PriceBook, PricingError> {
+        if json || text.trim_start().starts_with('{') {
+            litellm::parse(text, origin)
         } else {
-            PriceBook::from_toml(&text, &shown)?
-        };
-        Ok(base.layered(top))
+            PriceBook::from_toml(text, origin)
+        }
     }
 
     /// The entry pricing `llm`'s model, remembered per model names and provider.

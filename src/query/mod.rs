@@ -49,14 +49,48 @@ pub enum QueryError {
     NoDataDir(String),
     #[error("query failed: {0}")]
     Failed(String),
+    /// A file the plan listed was removed before it was read (merged by
+    /// compaction or expired by retention); the query is run again.
+    #[error("query failed: a file was removed while it was read; run the query again: {0}")]
+    FileGone(String),
 }
 
 impl QueryError {
     /// Whether the fault is in the query (the client's), not the server.
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, QueryError::Failed(_))
+        !matches!(self, QueryError::Failed(_) | QueryError::FileGone(_))
     }
 }
+
+/// Whether `e` comes from a file that is not there (any more).
+fn is_missing_file(e: &DataFusionError) -> bool {
+    use datafusion::object_store::Error as StoreError;
+    let missing = |e: &(dyn std::error::Error + 'static)| {
+        matches!(
+            e.downcast_ref::<StoreError>(),
+            Some(StoreError::NotFound { .. })
+        ) || e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    };
+    match e.find_root() {
+        DataFusionError::ObjectStore(inner) => matches!(**inner, StoreError::NotFound { .. }),
+        DataFusionError::IoError(io) => io.kind() == std::io::ErrorKind::NotFound,
+        root => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(root);
+            while let Some(e) = source {
+                if missing(e) {
+                    return true;
+                }
+                source = e.source();
+            }
+            false
+        }
+    }
+}
+
+/// Runs of a query whose files went away under it before giving up.
+const FILE_GONE_RETRIES: usize = 3;
 
 fn classify(e: DataFusionError) -> QueryError {
     let message = e.to_string();
@@ -71,6 +105,9 @@ fn classify(e: DataFusionError) -> QueryError {
             .unwrap_or(&message)
             .to_owned();
         return QueryError::Refused(what);
+    }
+    if is_missing_file(&e) {
+        return QueryError::FileGone(message);
     }
     match root {
         DataFusionError::ResourcesExhausted(m) => QueryError::Memory(m.clone()),
@@ -389,10 +426,21 @@ impl QueryEngine {
     /// tenant's for `None`), within the limits.
     pub async fn run_as(&self, tenant: Option<&str>, sql: &str) -> Result<QueryResult, QueryError> {
         let started = Instant::now();
-        let result = match self.session(tenant).await {
-            Ok(ctx) => self.run_bounded(&ctx, sql, started).await,
-            Err(e) => Err(e),
-        };
+        let mut result = Err(QueryError::FileGone(String::new()));
+        // Each run lists the files afresh: one that compaction or retention
+        // removed after the last listing is not in the next.
+        for _ in 0..FILE_GONE_RETRIES {
+            result = match self.session(tenant).await {
+                Ok(ctx) => self.run_bounded(&ctx, sql, started).await,
+                Err(e) => Err(e),
+            };
+            match &result {
+                Err(QueryError::FileGone(message)) => {
+                    tracing::debug!(%message, "a file went away under a query; running it again");
+                }
+                _ => break,
+            }
+        }
         if let Some(m) = &self.metrics {
             m.query(started.elapsed(), result.is_ok());
         }

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::compaction;
 use super::partition::PartitionKey;
 use super::StoreError;
 
@@ -46,30 +47,48 @@ fn partition_dirs(dir: &Path, prefix: &str) -> Result<Vec<(String, PathBuf)>, St
 }
 
 /// The span files of one partition directory; hidden temp files and other
-/// names are not span files.
+/// names are not span files, and neither are the inputs of a finished
+/// compaction (see [`super::compaction`]).
 fn files_in(key: &PartitionKey, hour_dir: &Path) -> Result<Vec<SpanFile>, StoreError> {
     let entries = match std::fs::read_dir(hour_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(StoreError::io(hour_dir, e)),
     };
-    let mut files = Vec::new();
+    let mut names = Vec::new();
+    let mut markers = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(hour_dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') || !name.ends_with(".parquet") {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(output) = compaction::marker_output(&name) {
+            markers.push((output.to_owned(), entry.path()));
+        } else if !name.starts_with('.') && name.ends_with(".parquet") {
+            names.push(name);
+        }
+    }
+    // Markers are read before any file is looked at: their inputs are removed
+    // before the marker, so a marker already gone means inputs already gone.
+    let mut superseded = std::collections::HashSet::new();
+    for (output, marker) in markers {
+        if names.contains(&output) {
+            superseded.extend(compaction::read_marker(&marker)?);
+        }
+    }
+    let mut files = Vec::new();
+    for name in names {
+        if superseded.contains(&name) {
             continue;
         }
-        let (size, modified) = match entry.metadata() {
+        let path = hour_dir.join(&name);
+        let (size, modified) = match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)),
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(StoreError::io(&entry.path(), e)),
+            Err(e) => return Err(StoreError::io(&path, e)),
         };
         files.push(SpanFile {
             key: key.clone(),
-            path: entry.path(),
+            path,
             size,
             modified,
         });
@@ -82,9 +101,9 @@ pub fn partition_files(data_dir: &Path, key: &PartitionKey) -> Result<Vec<SpanFi
     files_in(key, &key.dir(data_dir))
 }
 
-/// Every span file under `data_dir/spans`, in path order.
-pub fn list_span_files(data_dir: &Path) -> Result<Vec<SpanFile>, StoreError> {
-    let mut files = Vec::new();
+/// Every span partition directory under `data_dir/spans`, with its key.
+pub(super) fn hour_dirs(data_dir: &Path) -> Result<Vec<(PartitionKey, PathBuf)>, StoreError> {
+    let mut dirs = Vec::new();
     for (tenant, tenant_dir) in partition_dirs(&data_dir.join("spans"), "tenant")? {
         for (date, date_dir) in partition_dirs(&tenant_dir, "date")? {
             for (hour, hour_dir) in partition_dirs(&date_dir, "hour")? {
@@ -92,9 +111,18 @@ pub fn list_span_files(data_dir: &Path) -> Result<Vec<SpanFile>, StoreError> {
                     tracing::debug!(path = %hour_dir.display(), "unparsable partition; skipped");
                     continue;
                 };
-                files.extend(files_in(&key, &hour_dir)?);
+                dirs.push((key, hour_dir));
             }
         }
+    }
+    Ok(dirs)
+}
+
+/// Every span file under `data_dir/spans`, in path order.
+pub fn list_span_files(data_dir: &Path) -> Result<Vec<SpanFile>, StoreError> {
+    let mut files = Vec::new();
+    for (key, hour_dir) in hour_dirs(data_dir)? {
+        files.extend(files_in(&key, &hour_dir)?);
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)

@@ -11,6 +11,7 @@
 //! buffer first and then leaves that name out of the listing, so a span is
 //! never missing from a snapshot nor in it twice.
 
+pub mod compaction;
 mod listing;
 mod parquet;
 mod partition;
@@ -73,19 +74,68 @@ struct Group {
     span_name: String,
     builder: SpanBatchBuilder,
     sealed: Vec<RecordBatch>,
+    /// [`SpanRecord::approx_bytes`] of the rows in the open builder, and
+    /// what they were charged to the buffer's size.
+    open_approx: usize,
+    open_charged: usize,
+}
+
+/// The buffer's size: sealed batches at their real Arrow size, rows in open
+/// builders at an estimate. Arrow's builders hold more than the records'
+/// strings (offsets, validity, doubling growth), by a factor that depends on
+/// the traffic, so the estimate is calibrated on every batch sealed.
+struct Size {
+    bytes: usize,
+    /// Real bytes per approximate byte, of the batches sealed lately.
+    factor: f64,
+}
+
+impl Default for Size {
+    fn default() -> Self {
+        // Where loadgen's traffic settles; the first sealed batch corrects it.
+        Size {
+            bytes: 0,
+            factor: 2.0,
+        }
+    }
+}
+
+impl Size {
+    /// Charges a row of `approx` bytes to `group`'s open builder.
+    fn charge(&mut self, group: &mut Group, approx: usize) {
+        let charged = (approx as f64 * self.factor) as usize;
+        group.open_approx += approx;
+        group.open_charged += charged;
+        self.bytes += charged;
+    }
+
+    /// Re-counts `group`'s open rows, just sealed into `batch`, at their real size.
+    fn sealed(&mut self, group: &mut Group, batch: &RecordBatch) {
+        let real = batch.get_array_memory_size();
+        self.bytes = (self.bytes + real).saturating_sub(group.open_charged);
+        if group.open_approx > 0 {
+            let factor = real as f64 / group.open_approx as f64;
+            self.factor = 0.75 * self.factor + 0.25 * factor;
+        }
+        group.open_approx = 0;
+        group.open_charged = 0;
+    }
 }
 
 impl Group {
     /// Moves the rows of the open builder into a sealed batch.
-    fn seal(&mut self) -> Result<(), StoreError> {
+    fn seal(&mut self, size: &mut Size) -> Result<(), StoreError> {
         if !self.builder.is_empty() {
-            self.sealed.push(self.builder.finish()?);
+            let batch = self.builder.finish()?;
+            size.sealed(self, &batch);
+            self.sealed.push(batch);
         }
         Ok(())
     }
 
     fn finish(mut self) -> Result<Vec<RecordBatch>, StoreError> {
-        self.seal()?;
+        // The buffer's size is reset as a whole when groups are finished.
+        self.seal(&mut Size::default())?;
         Ok(self.sealed)
     }
 }
@@ -116,6 +166,8 @@ impl Partition {
                 span_name: r.span_name.clone(),
                 builder: SpanBatchBuilder::new(),
                 sealed: Vec::new(),
+                open_approx: 0,
+                open_charged: 0,
             });
         }
         &mut self.groups[idx]
@@ -134,7 +186,13 @@ impl Partition {
 }
 
 /// Buffered batches, and the names of the files being written from some of them.
-type BufferSnapshot = (Vec<(PartitionKey, RecordBatch)>, HashSet<PathBuf>);
+/// Buffered batches, the names of the files being written from some of
+/// them, and the count of takes so far.
+type BufferSnapshot = (Vec<(PartitionKey, RecordBatch)>, HashSet<PathBuf>, u64);
+
+/// Files handed to the writer that are remembered, for snapshots listing
+/// the directory meanwhile: far more than one listing ever overlaps.
+const RECENT_TAKES: usize = 4096;
 
 /// Batches handed to the writer, kept until their file is in place.
 struct Persisting {
@@ -157,10 +215,13 @@ pub(crate) struct Taken {
 struct BufferState {
     partitions: BTreeMap<PartitionKey, Partition>,
     persisting: Vec<Persisting>,
-    /// Approximate bytes of the rows not yet handed to the writer.
-    bytes: usize,
+    /// Bytes of the rows not yet handed to the writer.
+    size: Size,
     /// Arrow bytes of the batches being written.
     persisting_bytes: usize,
+    /// Calls of `take`, and the files the latest ones were given.
+    takes: u64,
+    recent: std::collections::VecDeque<(u64, PathBuf)>,
 }
 
 /// What a query reads: the span files on disk and the buffered batches, with
@@ -206,7 +267,7 @@ impl SpanBuffer {
         wal: Option<WalPosition>,
     ) -> Result<(), StoreError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut added = 0;
+        let state = &mut *state;
         for r in records {
             let key = PartitionKey::for_span(tenant, r.start_unix_nano);
             let part = state.partitions.entry(key).or_default();
@@ -217,29 +278,39 @@ impl SpanBuffer {
             }
             let group = part.group_of(r);
             group.builder.append(r);
+            state.size.charge(group, r.approx_bytes());
             if group.builder.len() >= SEAL_ROWS {
-                let batch = group.builder.finish()?;
-                group.sealed.push(batch);
+                group.seal(&mut state.size)?;
             }
-            added += r.approx_bytes();
         }
-        state.bytes += added;
-        if state.bytes >= self.flush_bytes {
+        if state.size.bytes >= self.flush_bytes {
             self.full.notify_one();
         }
         Ok(())
     }
 
-    /// Approximate bytes buffered and not yet handed to the writer.
+    /// Bytes buffered and not yet handed to the writer.
     pub fn bytes(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).bytes
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .size
+            .bytes
     }
 
-    /// Approximate bytes held: not yet handed to the writer, plus being
-    /// written. What backpressure bounds.
+    /// Bytes held: not yet handed to the writer, plus being written. What
+    /// backpressure bounds.
     pub fn total_bytes(&self) -> usize {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.bytes + state.persisting_bytes
+        state.size.bytes + state.persisting_bytes
+    }
+
+    /// Wakes the flusher now if at least `min_bytes` are buffered (memory
+    /// is short).
+    pub fn flush_soon(&self, min_bytes: usize) {
+        if self.bytes() >= min_bytes {
+            self.full.notify_one();
+        }
     }
 
     /// Resolves when the buffer has grown past the flush size.
@@ -255,7 +326,8 @@ impl SpanBuffer {
     fn take(&self, path_for: impl Fn(&PartitionKey) -> PathBuf) -> Result<Vec<Taken>, StoreError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let partitions = std::mem::take(&mut state.partitions);
-        state.bytes = 0;
+        state.size.bytes = 0;
+        state.takes += 1;
         let mut taken = Vec::with_capacity(partitions.len());
         for (key, part) in partitions {
             let (batches, wal) = part.finish()?;
@@ -267,6 +339,11 @@ impl SpanBuffer {
                 wal: wal.clone(),
             });
             state.persisting_bytes += bytes;
+            let takes = state.takes;
+            state.recent.push_back((takes, path.clone()));
+            if state.recent.len() > RECENT_TAKES {
+                state.recent.pop_front();
+            }
             state.persisting.push(Persisting {
                 key,
                 path,
@@ -312,7 +389,7 @@ impl SpanBuffer {
         else {
             return;
         };
-        state.bytes += bytes;
+        state.size.bytes += bytes;
         let part = state.partitions.entry(key).or_default();
         part.retry.extend(batches);
         part.wal.extend(wal);
@@ -326,7 +403,7 @@ impl SpanBuffer {
         for (key, part) in state.partitions.iter_mut() {
             batches.extend(part.retry.iter().map(|b| (key.clone(), b.clone())));
             for group in part.groups.iter_mut() {
-                group.seal()?;
+                group.seal(&mut state.size)?;
                 batches.extend(group.sealed.iter().map(|b| (key.clone(), b.clone())));
             }
         }
@@ -335,7 +412,18 @@ impl SpanBuffer {
             batches.extend(p.batches.iter().map(|b| (p.key.clone(), b.clone())));
             writing.insert(p.path.clone());
         }
-        Ok((batches, writing))
+        Ok((batches, writing, state.takes))
+    }
+
+    /// The files handed to the writer after take number `takes`.
+    fn taken_since(&self, takes: u64) -> HashSet<PathBuf> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .recent
+            .iter()
+            .filter(|(n, _)| *n > takes)
+            .map(|(_, path)| path.clone())
+            .collect()
     }
 }
 
@@ -384,10 +472,14 @@ impl Store {
     pub fn snapshot(&self) -> Result<SpanSnapshot, StoreError> {
         // The buffer first: a file renamed into place after this point has its
         // batches in the snapshot and its name in `writing`, and one renamed
-        // before it is on disk for the listing below.
-        let (batches, writing) = self.buffer.snapshot()?;
+        // before it is on disk for the listing below. A flush can also take
+        // rows this snapshot holds and rename their file into place while the
+        // directory is listed: files taken after the buffer was read are left
+        // out too.
+        let (batches, writing, takes) = self.buffer.snapshot()?;
         let mut files = list_span_files(&self.data_dir)?;
-        files.retain(|f| !writing.contains(&f.path));
+        let late = self.buffer.taken_since(takes);
+        files.retain(|f| !writing.contains(&f.path) && !late.contains(&f.path));
         Ok(SpanSnapshot { files, batches })
     }
 
@@ -496,6 +588,33 @@ mod tests {
     }
 
     /// Rows in a snapshot: the footers of its files plus its batches.
+    #[test]
+    fn the_buffer_counts_sealed_batches_at_their_real_size() {
+        let buffer = SpanBuffer::new(usize::MAX);
+        let tenant: Arc<str> = Arc::from("default");
+        let rows: Vec<SpanRecord> = (0..2 * SEAL_ROWS)
+            .map(|i| record("s", (i % 251) as u8))
+            .collect();
+        buffer.append(&tenant, &rows, None).unwrap();
+        // Both batches sealed: the count is exactly their Arrow memory.
+        let (batches, _, _) = buffer.snapshot().unwrap();
+        assert_eq!(batches.len(), 2);
+        let real: usize = batches.iter().map(|(_, b)| b.get_array_memory_size()).sum();
+        assert_eq!(buffer.bytes(), real);
+        // Open rows are charged at the factor sealed batches showed, which is
+        // well above the records' own string bytes.
+        let approx: usize = rows[..100].iter().map(SpanRecord::approx_bytes).sum();
+        buffer.append(&tenant, &rows[..100], None).unwrap();
+        let charged = buffer.bytes() - real;
+        let factor = real as f64 / rows.iter().map(SpanRecord::approx_bytes).sum::<usize>() as f64;
+        assert!(factor > 1.0, "Arrow holds more than the strings: {factor}");
+        let expected = approx as f64 * factor;
+        assert!(
+            (charged as f64 - expected).abs() < expected * 0.3,
+            "{charged} charged for {approx} approximate bytes at factor {factor}"
+        );
+    }
+
     fn rows_in(snapshot: &SpanSnapshot) -> usize {
         let in_files: usize = snapshot
             .files
@@ -525,7 +644,7 @@ mod tests {
             .append(&tenant, &[record("a", 1), record("b", 2)], None)
             .unwrap();
         let rows = |buffer: &SpanBuffer| {
-            let (batches, writing) = buffer.snapshot().unwrap();
+            let (batches, writing, _) = buffer.snapshot().unwrap();
             let n: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
             (n, writing.len())
         };
@@ -543,30 +662,35 @@ mod tests {
     async fn snapshots_see_every_span_once_while_flushes_run() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::new(dir.path(), usize::MAX, 1024, 1));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let flushes = Arc::new(AtomicUsize::new(0));
         let flusher = {
-            let (store, stop) = (store.clone(), stop.clone());
+            let (store, stop, flushes) = (store.clone(), stop.clone(), flushes.clone());
             tokio::spawn(async move {
-                let mut flushes = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     store.flush().await.unwrap();
-                    flushes += 1;
+                    flushes.fetch_add(1, Ordering::Relaxed);
                     tokio::task::yield_now().await;
                 }
-                flushes
             })
         };
         let tenant: Arc<str> = Arc::from("default");
         let mut appended = 0;
-        for round in 0..200u32 {
+        // At least 200 rounds, and on until flushes ran alongside (a loaded
+        // machine may not schedule the flusher early).
+        let mut round = 0u32;
+        while round < 200 || (flushes.load(Ordering::Relaxed) < 3 && round < 1_000_000) {
+            round += 1;
             let batch: Vec<SpanRecord> = (0..7).map(|i| record("s", (round + i) as u8)).collect();
             store.buffer().append(&tenant, &batch, None).unwrap();
             appended += batch.len();
             let snapshot = tokio::task::block_in_place(|| store.snapshot().unwrap());
             assert_eq!(rows_in(&snapshot), appended, "round {round}");
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let flushes = flusher.await.unwrap();
+        stop.store(true, Ordering::Relaxed);
+        flusher.await.unwrap();
+        let flushes = flushes.load(Ordering::Relaxed);
         assert!(flushes > 1, "flushes ran alongside: {flushes}");
         store.flush().await.unwrap();
         let last = store.snapshot().unwrap();

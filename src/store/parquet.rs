@@ -127,13 +127,22 @@ impl ParquetWriter {
 
     /// A fresh file name in the partition's directory for the next write.
     pub fn path_for(&self, key: &PartitionKey) -> PathBuf {
+        self.fresh_path(key, "part")
+    }
+
+    /// A fresh name for a file merged from others by compaction.
+    pub(super) fn compacted_path_for(&self, key: &PartitionKey) -> PathBuf {
+        self.fresh_path(key, "compact")
+    }
+
+    fn fresh_path(&self, key: &PartitionKey, prefix: &str) -> PathBuf {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         key.dir(&self.data_dir).join(format!(
-            "part-{millis}-{:016x}-{seq:06}.parquet",
+            "{prefix}-{millis}-{:016x}-{seq:06}.parquet",
             self.instance
         ))
     }
@@ -147,6 +156,18 @@ impl ParquetWriter {
         wal: &[WalPosition],
     ) -> Result<(), StoreError> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        self.write_stream(path, rows, batches.iter().cloned().map(Ok), wal)
+    }
+
+    /// [`ParquetWriter::write`] of batches that arrive one at a time (read
+    /// from other files), `rows` of them in all.
+    pub(super) fn write_stream(
+        &self,
+        path: &Path,
+        rows: usize,
+        batches: impl IntoIterator<Item = Result<RecordBatch, StoreError>>,
+        wal: &[WalPosition],
+    ) -> Result<(), StoreError> {
         let mut properties = self.properties(rows)?;
         if !wal.is_empty() {
             let list: Vec<String> = wal.iter().map(ToString::to_string).collect();
@@ -170,7 +191,7 @@ pub(super) fn write_atomically(
     path: &Path,
     schema: arrow::datatypes::SchemaRef,
     properties: WriterProperties,
-    batches: &[RecordBatch],
+    batches: impl IntoIterator<Item = Result<RecordBatch, StoreError>>,
 ) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
@@ -185,7 +206,7 @@ pub(super) fn write_atomically(
         let sync_handle = file.try_clone().map_err(|e| StoreError::io(&tmp, e))?;
         let mut writer = ArrowWriter::try_new(file, schema, Some(properties))?;
         for batch in batches {
-            writer.write(batch)?;
+            writer.write(&batch?)?;
         }
         writer.close()?;
         sync_handle

@@ -54,12 +54,7 @@ impl RollupWriter {
             .set_created_by(format!("llmtrace {}", env!("CARGO_PKG_VERSION")))
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
             .build();
-        write_atomically(
-            &path,
-            batch.schema(),
-            properties,
-            std::slice::from_ref(batch),
-        )?;
+        write_atomically(&path, batch.schema(), properties, [Ok(batch.clone())])?;
         Ok(path)
     }
 }

@@ -463,6 +463,8 @@ fn corrupted_requests_never_panic() {
         max_attribute_value_bytes: 1024,
         max_future_skew: std::time::Duration::from_secs(3600),
         max_buffer_bytes: usize::MAX,
+        max_in_flight_bytes: usize::MAX,
+        memory_limit: 0,
         retry_after: std::time::Duration::from_secs(1),
     };
     let prices = llmtrace::pricing::PriceBook::default_book();
@@ -499,4 +501,45 @@ fn corrupted_requests_never_panic() {
         decoded > 0 && refused > 0,
         "both outcomes exercised: {decoded} decoded, {refused} refused"
     );
+}
+
+/// Every input a fuzz target once crashed on (fuzz/regressions/<target>/),
+/// through the same path again: decoded as that target decodes it, then
+/// normalised, with each span a record or a rejection.
+#[test]
+fn inputs_the_fuzzers_crashed_on_are_handled() {
+    use llmtrace::ingest::normalise::{normalise, Limits};
+
+    let limits = Limits {
+        max_attribute_value_bytes: 64 << 10,
+        max_future_skew: std::time::Duration::from_secs(86_400),
+        max_buffer_bytes: usize::MAX,
+        max_in_flight_bytes: usize::MAX,
+        memory_limit: 0,
+        retry_after: std::time::Duration::from_secs(1),
+    };
+    let prices = llmtrace::pricing::PriceBook::default_book();
+    // The fuzz targets' fixed clock, 2027-01-01.
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_798_761_600);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let mut seen = 0;
+    for (target, json) in [("otlp_protobuf", false), ("otlp_json", true)] {
+        let Ok(entries) = std::fs::read_dir(root.join(target)) else {
+            continue;
+        };
+        for entry in entries {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let request = if json {
+                llmtrace::ingest::otlp_json::decode(&bytes).ok()
+            } else {
+                ExportTraceServiceRequest::decode(bytes.as_slice()).ok()
+            };
+            let Some(request) = request else { continue };
+            let spans = llmtrace::ingest::span_count(&request);
+            let out = normalise(request, &limits, &prices, now);
+            assert_eq!(out.records.len() + out.rejected as usize, spans);
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "the regression inputs were found and decoded");
 }

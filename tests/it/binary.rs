@@ -43,6 +43,11 @@ impl Drop for Server {
 
 /// Starts `serve` on `data` and returns it with its HTTP and API addresses.
 pub fn start(data: &Path) -> (Server, String, String) {
+    start_with_env(data, &[])
+}
+
+/// [`start`] with extra `LLMTRACE_*` settings.
+pub fn start_with_env(data: &Path, settings: &[(&str, &str)]) -> (Server, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_llmtrace"))
         .args(["serve", "--data-dir"])
         .arg(data)
@@ -61,6 +66,7 @@ pub fn start(data: &Path) -> (Server, String, String) {
         // LLMTRACE_* variables it does not know).
         .env_remove("LLMTRACE_CRASH_ROUNDS")
         .env("LLMTRACE_LOG", "info")
+        .envs(settings.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .expect("binary starts");

@@ -32,6 +32,9 @@ impl TestServer {
         config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
         config.server.http_addr = "127.0.0.1:0".parse().unwrap();
         config.server.api_addr = "127.0.0.1:0".parse().unwrap();
+        // RSS is the whole test process's, shared by every server of the
+        // tests running at once: the memory limit is tested on the real binary.
+        config.ingest.memory_limit = llmtrace::config::ByteSize(0);
         adjust(&mut config);
         let server = serve::start(&config).await.expect("server starts");
         let addrs = server.addrs;

@@ -1,0 +1,537 @@
+//! Compaction: a partition collects one small file per flush (every
+//! `storage.flush_interval`, per tenant and hour), which costs every query an
+//! open and a footer read per file. Once a partition's hour is over, plus
+//! `storage.compact_after` for late spans, its small files are merged into one.
+//!
+//! The swap never shows a span twice nor loses one, to queries or across a
+//! crash, because one rename commits it:
+//! 1. a marker `.{output}.replaces` names the inputs (fsynced);
+//! 2. the merged file is written under a temp name and renamed to `{output}`:
+//!    the commit;
+//! 3. the inputs are removed, then the marker.
+//!
+//! A listing leaves out the inputs of a marker whose output exists, so from
+//! step 2 on readers see the output alone. A marker without its output is a
+//! compaction that never committed: [`recover`] removes it at start, and
+//! removes the inputs a crash between 2 and 3 left. The merged file carries
+//! every input's write-ahead-log positions, so log replay still knows which
+//! spans are in Parquet. Readers globbing `*.parquet` themselves (DuckDB) can
+//! see inputs and output together only between steps 2 and 3.
+//!
+//! One collector per data dir compacts: this is not coordinated across
+//! processes.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::listing::{hour_dirs, list_span_files, SpanFile};
+use super::parquet::{wal_positions, ParquetWriter};
+use super::partition::PartitionKey;
+use super::{Store, StoreError};
+use crate::record::span_schema;
+
+const MARKER_SUFFIX: &str = ".replaces";
+
+/// Files at least this big are left alone: merging them gains little and
+/// costs a rewrite.
+const LARGE_FILE_BYTES: u64 = 128 << 20;
+
+/// Rows per batch read back from the inputs.
+const READ_BATCH_ROWS: usize = 8192;
+
+/// Which partitions are compacted.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// How long after its hour ends a partition is left to late spans.
+    pub after: Duration,
+    /// Fewer small files than this are left as they are.
+    pub min_files: usize,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub partitions: usize,
+    /// Input files merged (and removed).
+    pub files: usize,
+    pub rows: usize,
+}
+
+/// The output a marker file name stands for: `.X.replaces` -> `X`.
+pub(super) fn marker_output(name: &str) -> Option<&str> {
+    name.strip_prefix('.')?.strip_suffix(MARKER_SUFFIX)
+}
+
+fn marker_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    output.with_file_name(format!(".{name}{MARKER_SUFFIX}"))
+}
+
+/// The input file names a marker lists; none when it is already gone.
+pub(super) fn read_marker(path: &Path) -> Result<Vec<String>, StoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.lines().map(str::to_owned).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(StoreError::io(path, e)),
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(%error, dir = %dir.display(), "fsync of a partition directory failed");
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io(path, e)),
+    }
+}
+
+/// Finishes or undoes compactions a crash interrupted. Run at start, before
+/// anything reads the store.
+pub fn recover(data_dir: &Path) -> Result<usize, StoreError> {
+    let mut fixed = 0;
+    for (_, dir) in hour_dirs(data_dir)? {
+        let entries = std::fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(output) = marker_output(&name) else {
+                continue;
+            };
+            let output = dir.join(output);
+            if output.exists() {
+                // Committed: the inputs go, as the compaction would have done.
+                for input in read_marker(&entry.path())? {
+                    remove_if_present(&dir.join(input))?;
+                }
+                tracing::info!(output = %output.display(), "finished an interrupted compaction");
+            } else {
+                let name = output.file_name().unwrap_or_default().to_string_lossy();
+                remove_if_present(&dir.join(format!(".{name}.tmp")))?;
+                tracing::info!(output = %output.display(), "undid a compaction that never committed");
+            }
+            sync_dir(&dir);
+            remove_if_present(&entry.path())?;
+            fixed += 1;
+        }
+    }
+    Ok(fixed)
+}
+
+/// The partitions due for compaction, with their small files.
+fn choose(files: Vec<SpanFile>, now: SystemTime, policy: &Policy) -> Vec<Vec<SpanFile>> {
+    let now_nanos = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64);
+    let settled = |key: &PartitionKey| {
+        let due = Duration::from_secs(3600) + policy.after;
+        key.hour_start_nanos()
+            .saturating_add(due.as_nanos().min(i64::MAX as u128) as i64)
+            <= now_nanos
+    };
+    let mut by_partition: BTreeMap<PartitionKey, Vec<SpanFile>> = BTreeMap::new();
+    for file in files {
+        if file.size < LARGE_FILE_BYTES && settled(&file.key) {
+            by_partition.entry(file.key.clone()).or_default().push(file);
+        }
+    }
+    // A partition a flush wrote to within the last minute waits: a query
+    // that read the buffer just before that flush leaves the new file out
+    // by name (`Store::snapshot`), which it could not do for a merge of it.
+    let quiet_since = now.checked_sub(QUIET).unwrap_or(UNIX_EPOCH);
+    by_partition
+        .into_values()
+        .filter(|small| small.len() >= policy.min_files.max(2))
+        .filter(|small| small.iter().all(|f| f.modified <= quiet_since))
+        .collect()
+}
+
+/// How long a partition must have gone without a new file to be compacted.
+const QUIET: Duration = Duration::from_secs(60);
+
+/// Merges `inputs` (all of one partition) into one new file and removes
+/// them. `None` when an input is not a span file of the current schema.
+fn merge(writer: &ParquetWriter, inputs: &[SpanFile]) -> Result<Option<usize>, StoreError> {
+    let Some(first) = inputs.first() else {
+        return Ok(None);
+    };
+    let schema = span_schema();
+    let mut readers = Vec::with_capacity(inputs.len());
+    let mut rows = 0usize;
+    let mut wal = Vec::new();
+    for input in inputs {
+        let file = File::open(&input.path).map_err(|e| StoreError::io(&input.path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+        let same = |a: &arrow::datatypes::Schema| {
+            a.fields().len() == schema.fields().len()
+                && a.fields().iter().zip(schema.fields()).all(|(x, y)| {
+                    x.name() == y.name() && x.data_type().equals_datatype(y.data_type())
+                })
+        };
+        if !same(builder.schema()) {
+            tracing::warn!(path = %input.path.display(), "not compacted: the file's schema is not the current span schema");
+            return Ok(None);
+        }
+        rows += builder.metadata().file_metadata().num_rows().max(0) as usize;
+        readers.push(builder.with_batch_size(READ_BATCH_ROWS).build()?);
+        wal.extend(wal_positions(&input.path)?);
+    }
+    wal.sort();
+    wal.dedup();
+
+    let output = writer.compacted_path_for(&first.key);
+    let dir = output.parent().map(Path::to_owned).unwrap_or_default();
+    let marker = marker_path(&output);
+    let names: Vec<String> = inputs
+        .iter()
+        .filter_map(|f| f.path.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    (|| {
+        let mut file = File::create(&marker)?;
+        file.write_all(names.join("\n").as_bytes())?;
+        file.sync_all()
+    })()
+    .map_err(|e| StoreError::io(&marker, e))?;
+    // The marker must be on disk before the output can be: otherwise a power
+    // loss could leave the output and its inputs both listed.
+    sync_dir(&dir);
+
+    let batches = readers
+        .into_iter()
+        .flatten()
+        .map(|b| b.map_err(StoreError::from))
+        .map(|b| b.and_then(|b| conform(b, &schema)));
+    if let Err(error) = writer.write_stream(&output, rows, batches, &wal) {
+        let _ = std::fs::remove_file(&marker);
+        return Err(error);
+    }
+    for input in inputs {
+        remove_if_present(&input.path)?;
+    }
+    sync_dir(&dir);
+    remove_if_present(&marker)?;
+    Ok(Some(rows))
+}
+
+/// A batch read back, under the span schema itself (the writer compares
+/// schemas, metadata included).
+fn conform(
+    batch: RecordBatch,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<RecordBatch, StoreError> {
+    Ok(RecordBatch::try_new(
+        schema.clone(),
+        batch.columns().to_vec(),
+    )?)
+}
+
+impl Store {
+    /// Merges the small files of every settled partition, one partition at
+    /// a time.
+    pub async fn compact(
+        self: &Arc<Self>,
+        now: SystemTime,
+        policy: &Policy,
+    ) -> Result<Compacted, StoreError> {
+        let chosen = {
+            // No flush runs meanwhile: a file just renamed into place whose
+            // batches are still buffered is never picked as an input.
+            let _no_flush = self.flushing.lock().await;
+            let dir = self.data_dir.clone();
+            let files = tokio::task::spawn_blocking(move || list_span_files(&dir))
+                .await
+                .map_err(|e| StoreError::io(&self.data_dir, std::io::Error::other(e)))??;
+            choose(files, now, policy)
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut done = Compacted::default();
+            for inputs in chosen {
+                let started = std::time::Instant::now();
+                match merge(&this.writer, &inputs) {
+                    Ok(Some(rows)) => {
+                        done.partitions += 1;
+                        done.files += inputs.len();
+                        done.rows += rows;
+                        tracing::info!(
+                            partition = %inputs[0].key.dir(Path::new("")).display(),
+                            files = inputs.len(),
+                            rows,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "compacted span files"
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::error!(%error, partition = %inputs[0].key.dir(Path::new("")).display(), "compaction failed; the files stay as they were");
+                    }
+                }
+            }
+            done
+        })
+        .await
+        .map_err(|e| StoreError::io(&self.data_dir, std::io::Error::other(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::record::SpanRecord;
+    use crate::store::SpanSnapshot;
+    use crate::wal::WalPosition;
+
+    /// 2023-11-14T22:13:20Z: long settled.
+    const OLD: i64 = 1_700_000_000_000_000_000;
+
+    fn policy() -> Policy {
+        Policy {
+            after: Duration::from_secs(600),
+            min_files: 4,
+        }
+    }
+
+    /// Spans in the store's files and buffer, or `None` when a listed file
+    /// went away before it was read (the query engine runs such a query again).
+    fn rows(store: &Store) -> Option<usize> {
+        let SpanSnapshot { files, batches } = store.snapshot().unwrap();
+        let mut n: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
+        for f in files {
+            let file = match File::open(&f.path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+                Err(e) => panic!("{e}"),
+            };
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+            n += reader.metadata().file_metadata().num_rows() as usize;
+        }
+        Some(n)
+    }
+
+    /// `files` flushes of `per_file` spans each, starting at `start`.
+    async fn fill(store: &Arc<Store>, start: i64, files: usize, per_file: usize, first_wal: u64) {
+        let tenant: Arc<str> = Arc::from("default");
+        for f in 0..files {
+            let records: Vec<SpanRecord> = (0..per_file)
+                .map(|i| {
+                    let mut r = SpanRecord::sample("s", (i % 251) as u8);
+                    r.start_unix_nano = start + (f * per_file + i) as i64;
+                    r.end_unix_nano = r.start_unix_nano + 1_000;
+                    r
+                })
+                .collect();
+            let wal = WalPosition {
+                segment: 1,
+                offset: first_wal + f as u64,
+            };
+            store.buffer().append(&tenant, &records, Some(wal)).unwrap();
+            store.flush().await.unwrap();
+        }
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_files_of_a_settled_hour_become_one_and_readers_see_every_span_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::new(dir.path(), usize::MAX, 1024, 1));
+        fill(&store, OLD, 6, 3000, 0).await;
+        let recent = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        fill(&store, recent, 5, 10, 100).await;
+        // Files written within the last minute are left for the next pass.
+        assert_eq!(
+            store.compact(SystemTime::now(), &policy()).await.unwrap(),
+            Compacted::default()
+        );
+        let now = SystemTime::now() + QUIET;
+        let before = list_span_files(dir.path()).unwrap();
+        assert_eq!(before.len(), 11);
+        let old_key = before
+            .iter()
+            .find(|f| f.key.hour_start_nanos() <= OLD)
+            .unwrap()
+            .key
+            .clone();
+        let total = 6 * 3000 + 5 * 10;
+
+        // A reader counting over and over while the swap happens.
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(n) = rows(&store) {
+                        assert_eq!(n, total, "a reader saw a span twice or not at all");
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        };
+        let done = store.compact(now, &policy()).await.unwrap();
+        stop.store(true, Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+        assert_eq!(
+            done,
+            Compacted {
+                partitions: 1,
+                files: 6,
+                rows: 18_000
+            }
+        );
+
+        let after = list_span_files(dir.path()).unwrap();
+        let old: Vec<_> = after.iter().filter(|f| f.key == old_key).collect();
+        assert_eq!(old.len(), 1, "one file for the settled hour");
+        let name = old[0].path.file_name().unwrap().to_string_lossy();
+        assert!(name.starts_with("compact-"), "{name}");
+        assert_eq!(
+            names_in(&old_key.dir(dir.path())),
+            vec![name.to_string()],
+            "inputs and marker removed"
+        );
+        // The hour still open is left alone.
+        assert_eq!(after.len(), 1 + 5);
+        // The merged file still names the log records of its rows.
+        let wal: Vec<u64> = wal_positions(&old[0].path)
+            .unwrap()
+            .iter()
+            .map(|p| p.offset)
+            .collect();
+        assert_eq!(wal, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(rows(&store), Some(total));
+
+        // Nothing left to do on the next pass.
+        assert_eq!(
+            store.compact(now, &policy()).await.unwrap(),
+            Compacted::default()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_compaction_cut_short_is_undone_or_finished_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::new(dir.path(), usize::MAX, 1024, 1));
+        fill(&store, OLD, 4, 100, 0).await;
+        let inputs = list_span_files(dir.path()).unwrap();
+        let part = inputs[0].path.parent().unwrap().to_owned();
+        let input_names: Vec<String> = names_in(&part);
+        let saved = tempfile::tempdir().unwrap();
+        for name in &input_names {
+            std::fs::copy(part.join(name), saved.path().join(name)).unwrap();
+        }
+
+        // Cut short before the commit: a marker and a half-written temp file.
+        std::fs::write(
+            part.join(".compact-1-0-000001.parquet.replaces"),
+            input_names.join("\n"),
+        )
+        .unwrap();
+        std::fs::write(part.join(".compact-1-0-000001.parquet.tmp"), b"half").unwrap();
+        assert_eq!(
+            list_span_files(dir.path()).unwrap().len(),
+            4,
+            "inputs still count"
+        );
+        assert_eq!(rows(&store), Some(400));
+        assert_eq!(recover(dir.path()).unwrap(), 1);
+        assert_eq!(
+            names_in(&part),
+            input_names,
+            "undone: only the inputs remain"
+        );
+
+        // Cut short after the commit: the output, its marker and the inputs.
+        store
+            .compact(SystemTime::now() + QUIET, &policy())
+            .await
+            .unwrap();
+        let output = names_in(&part);
+        assert_eq!(output.len(), 1);
+        for name in &input_names {
+            std::fs::copy(saved.path().join(name), part.join(name)).unwrap();
+        }
+        std::fs::write(
+            part.join(format!(".{}.replaces", output[0])),
+            input_names.join("\n"),
+        )
+        .unwrap();
+        assert_eq!(list_span_files(dir.path()).unwrap().len(), 1, "output only");
+        assert_eq!(rows(&store), Some(400));
+        assert_eq!(recover(dir.path()).unwrap(), 1);
+        assert_eq!(names_in(&part), output, "finished: inputs removed");
+        assert_eq!(rows(&store), Some(400));
+    }
+
+    #[test]
+    fn only_partitions_settled_and_with_enough_small_files_are_chosen() {
+        let key = |hour: u32| PartitionKey {
+            tenant: Arc::from("t"),
+            date: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            hour,
+        };
+        let file = |hour: u32, n: usize, size: u64| SpanFile {
+            key: key(hour),
+            path: PathBuf::from(format!("{hour}-{n}.parquet")),
+            size,
+            modified: UNIX_EPOCH,
+        };
+        let mut files = Vec::new();
+        for n in 0..4 {
+            files.push(file(1, n, 1000)); // settled, 4 small
+            files.push(file(9, n, 1000)); // 09:00-10:00 ends 10:00; due 10:10
+        }
+        files.extend((0..3).map(|n| file(2, n, 1000))); // too few
+        files.extend((0..3).map(|n| file(3, n, 1000)));
+        files.push(file(3, 9, LARGE_FILE_BYTES)); // large ones do not count
+        let at = |h: u32, m: u32| {
+            let t = key(0).date.and_hms_opt(h, m, 0).unwrap().and_utc();
+            UNIX_EPOCH + Duration::from_secs(t.timestamp() as u64)
+        };
+        let hours = |chosen: Vec<Vec<SpanFile>>| -> Vec<(u32, usize)> {
+            chosen.iter().map(|f| (f[0].key.hour, f.len())).collect()
+        };
+        assert_eq!(
+            hours(choose(files.clone(), at(10, 9), &policy())),
+            vec![(1, 4)]
+        );
+        assert_eq!(
+            hours(choose(files.clone(), at(10, 10), &policy())),
+            vec![(1, 4), (9, 4)]
+        );
+        let off = Policy {
+            min_files: 0,
+            ..policy()
+        };
+        // min_files 0 is "off" for the server; choose itself never merges one file.
+        assert_eq!(choose(vec![file(1, 0, 10)], at(12, 0), &off).len(), 0);
+    }
+}
