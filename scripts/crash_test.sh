@@ -11,7 +11,7 @@ ROUNDS=${ROUNDS:-5}
 cargo test --quiet --test it crash --no-run
 for run in $(seq "$RUNS"); do
     line=$(LLMTRACE_CRASH_ROUNDS=$ROUNDS cargo test --quiet --test it crash -- --nocapture 2>&1 \
-        | grep -E "crash test:|panicked|FAILED" || true)
+        | grep -oE "crash test:.*|panicked.*|FAILED.*" || true)
     echo "run $run: ${line:-no result}"
     [[ "$line" == crash\ test:* ]] || exit 1
 done

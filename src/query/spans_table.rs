@@ -269,8 +269,14 @@ impl TableProvider for SpansTable {
 
         let mut files = Vec::new();
         for (file, _) in snapshot.files.iter().zip(keep_files).filter(|(_, k)| **k) {
-            let location = object_store::path::Path::from_absolute_path(&file.path)
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            // The data dir may be relative (`./llmtrace-data` by default);
+            // object store paths are absolute.
+            let location = std::path::absolute(&file.path)
+                .map_err(DataFusionError::IoError)
+                .and_then(|p| {
+                    object_store::path::Path::from_absolute_path(p)
+                        .map_err(|e| DataFusionError::External(Box::new(e)))
+                })?;
             let meta = object_store::ObjectMeta {
                 location,
                 last_modified: file.modified.into(),

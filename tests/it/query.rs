@@ -302,3 +302,21 @@ async fn http_endpoint_answers_json_csv_and_arrow() {
     assert_eq!(bad.status(), 400);
     let (_rows, _dir) = server.stop().await;
 }
+
+/// `llmtrace query` with a relative data dir, as `./llmtrace-data` (the
+/// default) is: span files are read through absolute object-store paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_data_dir_is_queried_like_an_absolute_one() {
+    let (rows, dir) = loaded().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmtrace"))
+        .current_dir(dir.path())
+        .args(["query", "--data-dir", "data", "--format", "csv"])
+        .arg("SELECT count(*) FROM spans")
+        .env_remove("LLMTRACE_CRASH_ROUNDS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().last(), Some(rows.len().to_string().as_str()));
+}
