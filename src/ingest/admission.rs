@@ -164,7 +164,8 @@ impl Admission {
     }
 
     /// Bytes currently admitted.
-    pub fn held_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
         (self.limit_units - self.permits.available_permits()) * UNIT
     }
 

@@ -32,8 +32,9 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::listing::{hour_dirs, list_span_files, SpanFile};
-use super::parquet::{wal_positions, ParquetWriter};
+use super::parquet::{sync_dir, wal_positions_in, ParquetWriter};
 use super::partition::PartitionKey;
+use super::retention::remove_file;
 use super::{Store, StoreError};
 use crate::record::span_schema;
 
@@ -86,20 +87,6 @@ pub(super) fn read_marker(path: &Path) -> Result<Vec<String>, StoreError> {
     }
 }
 
-fn sync_dir(dir: &Path) {
-    if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(%error, dir = %dir.display(), "fsync of a partition directory failed");
-    }
-}
-
-fn remove_if_present(path: &Path) -> Result<(), StoreError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::io(path, e)),
-    }
-}
-
 /// Finishes or undoes compactions a crash interrupted. Run at start, before
 /// anything reads the store.
 pub fn recover(data_dir: &Path) -> Result<usize, StoreError> {
@@ -116,16 +103,16 @@ pub fn recover(data_dir: &Path) -> Result<usize, StoreError> {
             if output.exists() {
                 // Committed: the inputs go, as the compaction would have done.
                 for input in read_marker(&entry.path())? {
-                    remove_if_present(&dir.join(input))?;
+                    remove_file(&dir.join(input))?;
                 }
                 tracing::info!(output = %output.display(), "finished an interrupted compaction");
             } else {
                 let name = output.file_name().unwrap_or_default().to_string_lossy();
-                remove_if_present(&dir.join(format!(".{name}.tmp")))?;
+                remove_file(&dir.join(format!(".{name}.tmp")))?;
                 tracing::info!(output = %output.display(), "undid a compaction that never committed");
             }
             sync_dir(&dir);
-            remove_if_present(&entry.path())?;
+            remove_file(&entry.path())?;
             fixed += 1;
         }
     }
@@ -186,9 +173,10 @@ fn merge(writer: &ParquetWriter, inputs: &[SpanFile]) -> Result<Option<usize>, S
             tracing::warn!(path = %input.path.display(), "not compacted: the file's schema is not the current span schema");
             return Ok(None);
         }
-        rows += builder.metadata().file_metadata().num_rows().max(0) as usize;
+        let footer = builder.metadata().file_metadata();
+        rows += footer.num_rows().max(0) as usize;
+        wal.extend(wal_positions_in(footer));
         readers.push(builder.with_batch_size(READ_BATCH_ROWS).build()?);
-        wal.extend(wal_positions(&input.path)?);
     }
     wal.sort();
     wal.dedup();
@@ -221,10 +209,10 @@ fn merge(writer: &ParquetWriter, inputs: &[SpanFile]) -> Result<Option<usize>, S
         return Err(error);
     }
     for input in inputs {
-        remove_if_present(&input.path)?;
+        remove_file(&input.path)?;
     }
     sync_dir(&dir);
-    remove_if_present(&marker)?;
+    remove_file(&marker)?;
     Ok(Some(rows))
 }
 
@@ -295,7 +283,7 @@ mod tests {
 
     use super::*;
     use crate::record::SpanRecord;
-    use crate::store::SpanSnapshot;
+    use crate::store::{wal_positions, SpanSnapshot};
     use crate::wal::WalPosition;
 
     /// 2023-11-14T22:13:20Z: long settled.

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::metadata::FileMetaData;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
@@ -27,14 +28,19 @@ pub fn wal_positions(path: &Path) -> Result<Vec<WalPosition>, StoreError> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
     let reader = SerializedFileReader::new(file)?;
-    let metadata = reader.metadata().file_metadata().key_value_metadata();
+    Ok(wal_positions_in(reader.metadata().file_metadata()))
+}
+
+/// [`wal_positions`] of a footer already read.
+pub(super) fn wal_positions_in(metadata: &FileMetaData) -> Vec<WalPosition> {
     let Some(value) = metadata
+        .key_value_metadata()
         .and_then(|kv| kv.iter().find(|k| k.key == WAL_KEY))
-        .and_then(|k| k.value.clone())
+        .and_then(|k| k.value.as_deref())
     else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
-    Ok(value
+    value
         .split(',')
         .filter_map(|p| {
             let (segment, offset) = p.split_once(':')?;
@@ -43,7 +49,7 @@ pub fn wal_positions(path: &Path) -> Result<Vec<WalPosition>, StoreError> {
                 offset: offset.parse().ok()?,
             })
         })
-        .collect())
+        .collect()
 }
 
 /// Bloom filter false-positive rate for trace_id lookups.
@@ -218,8 +224,14 @@ pub(super) fn write_atomically(
         let _ = std::fs::remove_file(&tmp);
         return result;
     }
-    if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(%error, dir = %dir.display(), "fsync of the partition directory failed; the new file may not survive a power loss");
-    }
+    sync_dir(dir);
     Ok(())
+}
+
+/// fsyncs a directory, so entries just renamed or removed in it survive a
+/// power loss; a failure is logged, as the files themselves are whole.
+pub(super) fn sync_dir(dir: &Path) {
+    if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(%error, dir = %dir.display(), "fsync of a partition directory failed; its latest changes may not survive a power loss");
+    }
 }

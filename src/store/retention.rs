@@ -19,7 +19,8 @@ pub struct Removed {
     pub rollup_files: usize,
 }
 
-fn remove_file(path: &Path) -> Result<bool, StoreError> {
+/// Removes `path`; false when it was already gone.
+pub(super) fn remove_file(path: &Path) -> Result<bool, StoreError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

@@ -132,12 +132,7 @@ async fn an_error_spike_through_ingest_fires_the_webhook() {
         "notified once, not per round"
     );
 
-    let metrics = reqwest::get(server.api_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("llmtrace_alert_deliveries_total{result=\"success\"} 1"),
         "{metrics}"

@@ -32,6 +32,17 @@ fn request(first: u64) -> String {
     )
 }
 
+/// POSTs [`request`]`(first)` to the server's OTLP/HTTP endpoint.
+async fn export(client: &reqwest::Client, server: &TestServer, first: u64) -> reqwest::Response {
+    client
+        .post(server.http_url("/v1/traces"))
+        .header("content-type", "application/json")
+        .body(request(first))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_refused_with_retry_hints_and_nothing_acknowledged_is_lost() {
     let server = TestServer::start_with(|c| {
@@ -50,13 +61,7 @@ async fn overload_is_refused_with_retry_hints_and_nothing_acknowledged_is_lost()
     let mut refused = None;
     for n in 0..2_000u64 {
         let first = n * 50 + 1;
-        let resp = client
-            .post(server.http_url("/v1/traces"))
-            .header("content-type", "application/json")
-            .body(request(first))
-            .send()
-            .await
-            .unwrap();
+        let resp = export(&client, &server, first).await;
         match resp.status().as_u16() {
             200 => acked.extend(first..first + 50),
             503 => {
@@ -95,12 +100,7 @@ async fn overload_is_refused_with_retry_hints_and_nothing_acknowledged_is_lost()
     let info = RetryInfo::decode(details.details[0].value.as_slice()).unwrap();
     assert_eq!(info.retry_delay.unwrap().seconds, 1);
 
-    let metrics = reqwest::get(server.api_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("llmtrace_export_requests_rejected_total{reason=\"overloaded\"} 2"),
         "{metrics}"
@@ -117,13 +117,7 @@ async fn overload_is_refused_with_retry_hints_and_nothing_acknowledged_is_lost()
         assert!(std::time::Instant::now() < deadline, "buffer did not drain");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ok = client
-        .post(server.http_url("/v1/traces"))
-        .header("content-type", "application/json")
-        .body(request(1_000_000))
-        .send()
-        .await
-        .unwrap();
+    let ok = export(&client, &server, 1_000_000).await;
     assert_eq!(ok.status(), 200, "accepting again");
     acked.extend(1_000_000..1_000_050);
     let (rows, _dir) = server.stop().await;
@@ -163,13 +157,7 @@ async fn requests_in_flight_are_bounded_by_memory_and_refused_with_retry_hints()
     // Until the server has admitted it, others still get in.
     let mut refused = None;
     for i in 0..100 {
-        let resp = client
-            .post(server.http_url("/v1/traces"))
-            .header("content-type", "application/json")
-            .body(request(10_000 + i * 50))
-            .send()
-            .await
-            .unwrap();
+        let resp = export(&client, &server, 10_000 + i * 50).await;
         if resp.status() == 503 {
             refused = Some(resp);
             break;
@@ -206,13 +194,7 @@ async fn requests_in_flight_are_bounded_by_memory_and_refused_with_retry_hints()
     drop(slow);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let resp = client
-            .post(server.http_url("/v1/traces"))
-            .header("content-type", "application/json")
-            .body(request(2_000))
-            .send()
-            .await
-            .unwrap();
+        let resp = export(&client, &server, 2_000).await;
         if resp.status() == 200 {
             break;
         }
@@ -222,12 +204,7 @@ async fn requests_in_flight_are_bounded_by_memory_and_refused_with_retry_hints()
     }
     grpc.export(proto).await.expect("gRPC accepted again");
 
-    let metrics = reqwest::get(server.api_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let overloaded: u64 = metrics
         .lines()
         .find_map(|l| {

@@ -57,6 +57,16 @@ impl TestServer {
         format!("http://{}{path}", self.addrs.api)
     }
 
+    /// The Prometheus text of GET /metrics (an open server: no key).
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.api_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Shuts the server down (draining and flushing) and returns every stored row.
     pub async fn stop(self) -> (Vec<Row>, TempDir) {
         let data = self.data_dir();
