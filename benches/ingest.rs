@@ -149,7 +149,7 @@ fn aggregation(c: &mut Criterion) {
     // are skipped, LLM calls update a cell and the Prometheus series.
     g.throughput(Throughput::Elements(spans as u64));
     g.bench_function("record", |b| {
-        b.iter(|| aggregator.record(&tenant, black_box(&records), now))
+        b.iter(|| aggregator.record(&tenant, black_box(&records), now, None))
     });
     g.finish();
 }

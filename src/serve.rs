@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::aggregate::{rollup, Aggregator, Rollup};
+use crate::aggregate::{rollup, Aggregator, Closed, Rollup};
 use crate::alert::notify::{Deliverer, DelivererOptions, Origin};
 use crate::alert::sources::LiveSource;
 use crate::alert::{AlertEngine, SystemClock};
@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::pricing::PriceBook;
 use crate::query::QueryEngine;
 use crate::store::{RollupWriter, Store, StoreError};
-use crate::wal::Log;
+use crate::wal::{Log, RollupMark, WalPosition};
 
 /// HTTP/2 flow-control windows of the gRPC receiver.
 const GRPC_STREAM_WINDOW: u32 = 4 << 20;
@@ -79,63 +79,143 @@ fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
-/// Writes rollup rows, keeping those whose write failed for the next call.
+/// Writes rollup rows, keeping those whose write failed for the next call,
+/// and then the log's rollup mark.
 struct RollupSink {
     writer: RollupWriter,
     pending: Vec<Arc<Rollup>>,
     metrics: Arc<Metrics>,
+    log: Option<(Arc<Log>, Arc<Pipeline>)>,
+    /// The last mark written.
+    mark: Option<RollupMark>,
 }
 
 impl RollupSink {
-    fn write(&mut self, rows: Vec<Arc<Rollup>>) {
-        self.pending.extend(rows);
-        if self.pending.is_empty() {
+    /// Closes the due minutes and writes them.
+    fn tick(&mut self, aggregator: &Aggregator, now: i64) {
+        let before = self.log.as_ref().and_then(|(_, p)| p.aggregated_before());
+        self.write(aggregator.close_due(now, before), before);
+    }
+
+    /// Writes `closed` rows, then the mark that says the log's spans
+    /// before `aggregated_before` (read before the rows were closed) are
+    /// counted; see [`RollupMark`].
+    fn write(&mut self, closed: Closed, aggregated_before: Option<WalPosition>) {
+        self.pending.extend(closed.rows);
+        let mark = aggregated_before.map(|before| RollupMark {
+            aggregated_before: before,
+            aggregated_since: closed.aggregated_since,
+            closed_until: closed.closed_until.unwrap_or(i64::MIN),
+            replay_from: closed.open_from.map_or(before, |open| open.min(before)),
+        });
+        let log = match (&self.log, mark) {
+            (Some((log, _)), Some(mark)) => Some((log.clone(), mark)),
+            _ => None,
+        };
+        if !self.pending.is_empty() && !self.write_rows(log.as_ref()) {
+            // The rows stay in memory for the next tick; the mark stays
+            // where it was, and the log keeps their spans.
             return;
         }
-        let rows = std::mem::take(&mut self.pending);
-        let parts = match rollup::to_batches(&rows) {
+        let (Some((log, mark)), Some((_, pipeline))) = (log, &self.log) else {
+            return;
+        };
+        if self.mark.as_ref() == Some(&mark) {
+            return;
+        }
+        match log.write_rollup_mark(&mark) {
+            Ok(()) => {
+                pipeline.set_rollup_floor(Some(mark.replay_from));
+                self.mark = Some(mark);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot write the rollup mark; the log keeps more records until it can")
+            }
+        }
+    }
+
+    /// Writes every pending row, one file per tenant and day, all or none:
+    /// with a log, the files are named in an intent first (`log`'s mark
+    /// commits them). True when all were written.
+    fn write_rows(&mut self, log: Option<&(Arc<Log>, RollupMark)>) -> bool {
+        let parts = match rollup::to_batches(&self.pending) {
             Ok(parts) => parts,
             Err(error) => {
                 tracing::error!(%error, "rollup rows could not be encoded");
                 self.metrics.rollups_written(0, true);
-                return;
+                return false;
             }
         };
-        for (tenant, date, batch) in parts {
-            match self.writer.write(&tenant, date, &batch) {
-                Ok(path) => {
+        let files: Vec<std::path::PathBuf> = parts
+            .iter()
+            .map(|(tenant, date, _)| self.writer.path_for(tenant, *date))
+            .map(|p| std::path::absolute(&p).unwrap_or(p))
+            .collect();
+        if let Some((log, mark)) = log {
+            if let Err(error) = log.intend_rollups(mark, &files) {
+                tracing::error!(%error, "cannot record the rollup files about to be written; retrying at the next tick");
+                self.metrics.rollups_written(0, true);
+                return false;
+            }
+        }
+        for (i, ((_, _, batch), path)) in parts.iter().zip(&files).enumerate() {
+            match self.writer.write(path, batch) {
+                Ok(()) => {
                     tracing::debug!(path = %path.display(), rows = batch.num_rows(), "wrote rollups");
-                    self.metrics.rollups_written(batch.num_rows(), false);
                 }
                 Err(error) => {
                     tracing::error!(%error, "rollup write failed; retrying at the next tick");
                     self.metrics.rollups_written(0, true);
-                    self.pending.extend(
-                        rows.iter()
-                            .filter(|r| r.key.tenant() == &*tenant && r.date() == date)
-                            .cloned(),
-                    );
+                    // All or none: the written files go, or their rows would
+                    // be written again with the rest.
+                    let mut undone = true;
+                    for written in &files[..i] {
+                        if let Err(error) = std::fs::remove_file(written) {
+                            tracing::error!(%error, path = %written.display(), "cannot remove rollup rows of a failed write; they will be counted twice");
+                            undone = false;
+                        }
+                    }
+                    if let (Some((log, _)), true) = (log, undone) {
+                        if let Err(error) = log.abandon_rollups() {
+                            tracing::warn!(%error, "cannot remove the rollup intent file");
+                        }
+                    }
+                    return false;
                 }
             }
         }
+        self.metrics.rollups_written(self.pending.len(), false);
+        self.pending.clear();
+        true
     }
 }
 
 /// Forgets the log records whose spans are all in Parquet.
 fn truncate_log(log: &Log, pipeline: &Pipeline) {
-    if let Err(error) = log.truncate_before(pipeline.live_floor()) {
+    if let Err(error) = log.truncate_before(pipeline.log_floor()) {
         tracing::warn!(%error, "could not truncate the write-ahead log; it is replayed from further back at the next start");
     }
 }
 
 /// Buffers again what the log holds and Parquet does not: the spans of each
 /// record, minus those of partitions whose files say they hold the record.
+/// Aggregates again what the rollup files do not count, per the log's mark.
 fn replay(
     pipeline: &Pipeline,
+    aggregator: &Aggregator,
     data_dir: &std::path::Path,
+    mark: Option<&RollupMark>,
     replayed: Vec<crate::wal::Replayed>,
 ) -> Result<(), ServeError> {
     use std::collections::{HashMap, HashSet};
+    if let Some(mark) = mark {
+        aggregator.resume(mark.closed_until);
+    }
+    // The records replayed stay in the log until rollups count them.
+    pipeline.set_rollup_floor(match mark {
+        Some(mark) => Some(mark.replay_from),
+        None => replayed.first().map(|r| r.position),
+    });
     if replayed.is_empty() {
         return Ok(());
     }
@@ -164,7 +244,7 @@ fn replay(
     };
     let mut spans = 0;
     for entry in replayed {
-        spans += pipeline.replay(entry, &mut persisted)?;
+        spans += pipeline.replay(entry, &mut persisted, mark)?;
     }
     tracing::info!(
         records,
@@ -282,7 +362,24 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         aggregator.clone(),
         metrics.clone(),
     ));
-    replay(&pipeline, &config.data_dir, replayed)?;
+    let mark = log.as_ref().and_then(|l| l.rollup_mark().cloned());
+    replay(
+        &pipeline,
+        &aggregator,
+        &config.data_dir,
+        mark.as_ref(),
+        replayed,
+    )?;
+    let mut sink = RollupSink {
+        writer: RollupWriter::new(&config.data_dir),
+        pending: Vec::new(),
+        metrics: metrics.clone(),
+        log: log.clone().map(|l| (l, pipeline.clone())),
+        mark,
+    };
+    // Before the first request is acknowledged, the log has a mark: without
+    // one, a crash could not tell which logged spans the rollups count.
+    sink.tick(&aggregator, now_nanos());
 
     let grpc_listener = bind("grpc", config.server.grpc_addr).await?;
     let http_listener = bind("http", config.server.http_addr).await?;
@@ -456,11 +553,6 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
     };
     let roller = {
         let aggregator = aggregator.clone();
-        let mut sink = RollupSink {
-            writer: RollupWriter::new(&config.data_dir),
-            pending: Vec::new(),
-            metrics: metrics.clone(),
-        };
         let mut stop_rx = stop_rx.clone();
         tokio::spawn(async move {
             loop {
@@ -468,9 +560,9 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
                     _ = tokio::time::sleep(ROLLUP_TICK) => {}
                     _ = stop_rx.wait_for(|stop| *stop) => break,
                 }
-                let rows = aggregator.close_due(now_nanos());
+                let aggregator = aggregator.clone();
                 sink = tokio::task::spawn_blocking(move || {
-                    sink.write(rows);
+                    sink.tick(&aggregator, now_nanos());
                     sink
                 })
                 .await
@@ -558,7 +650,8 @@ impl RunningServer {
         // its own rows for the same minute, and queries sum them.
         match self.roller.await {
             Ok(mut sink) => {
-                sink.write(self.aggregator.close_all(now_nanos()));
+                let before = self.log.as_ref().and_then(|(_, p)| p.aggregated_before());
+                sink.write(self.aggregator.close_all(now_nanos(), before), before);
                 if !sink.pending.is_empty() {
                     tracing::error!(
                         rows = sink.pending.len(),

@@ -27,6 +27,7 @@ pub use key::{AggKey, Dimension};
 pub use rollup::Rollup;
 
 use crate::record::SpanRecord;
+use crate::wal::WalPosition;
 
 pub const MINUTE_NANOS: i64 = 60_000_000_000;
 
@@ -71,6 +72,23 @@ struct OpenCell {
     cell: LiveCell,
     /// Opened after its minute had closed: the rollup row is a correction.
     correction: bool,
+    /// The log record of the cell's first span, if logged: the log keeps
+    /// it until the cell is written (see `wal::RollupMark`).
+    logged_from: Option<WalPosition>,
+}
+
+/// What one close handed out, and what it leaves open.
+#[derive(Debug, Default)]
+pub struct Closed {
+    pub rows: Vec<Arc<Rollup>>,
+    /// Minutes ending at or before this (unix ns) have been closed.
+    pub closed_until: Option<i64>,
+    /// The earliest log record of a span still in an open cell.
+    pub open_from: Option<WalPosition>,
+    /// Log records at or after the `aggregated_before` given to the close
+    /// whose LLM calls were aggregated before it anyway (requests finish
+    /// out of log order), ascending.
+    pub aggregated_since: Vec<WalPosition>,
 }
 
 #[derive(Default)]
@@ -85,6 +103,9 @@ struct State {
     ready: Vec<Arc<Rollup>>,
     /// Open cells per minute: whether any minute is due, without a scan.
     minutes: BTreeMap<i64, usize>,
+    /// Log records whose LLM calls were aggregated, from the last close's
+    /// `aggregated_before` on.
+    logged: std::collections::BTreeSet<WalPosition>,
 }
 
 /// Calls counted since start, for /metrics.
@@ -101,7 +122,8 @@ pub struct Aggregator {
     overflowed: std::sync::atomic::AtomicU64,
 }
 
-fn minute_of(unix_nanos: i64) -> i64 {
+/// Start of the minute (unix ns) holding `unix_nanos`.
+pub fn minute_of(unix_nanos: i64) -> i64 {
     unix_nanos.div_euclid(MINUTE_NANOS) * MINUTE_NANOS
 }
 
@@ -128,9 +150,26 @@ impl Aggregator {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Continues after a restart that found minutes up to `closed_until`
+    /// written: their late spans become corrections, as before the restart.
+    pub fn resume(&self, closed_until: i64) {
+        let mut state = self.lock();
+        state.closed_until = Some(
+            state
+                .closed_until
+                .map_or(closed_until, |u| u.max(closed_until)),
+        );
+    }
+
     /// Counts the LLM calls among `records` (other spans are skipped), at
-    /// `now` (unix ns).
-    pub fn record(&self, tenant: &Arc<str>, records: &[SpanRecord], now: i64) {
+    /// `now` (unix ns); `logged_at` is the log record they came in.
+    pub fn record(
+        &self,
+        tenant: &Arc<str>,
+        records: &[SpanRecord],
+        now: i64,
+        logged_at: Option<WalPosition>,
+    ) {
         let mut state = self.lock();
         let state = &mut *state;
         let mut overflowed = 0;
@@ -138,6 +177,9 @@ impl Aggregator {
             let Some(llm) = r.facts.llm.as_ref() else {
                 continue;
             };
+            if let Some(position) = logged_at {
+                state.logged.insert(position);
+            }
             let minute = minute_of(r.start_unix_nano);
             let mut key = AggKey::of(tenant, r, llm);
             if state.open.len() >= self.config.max_live_keys
@@ -167,8 +209,15 @@ impl Aggregator {
                 OpenCell {
                     cell: LiveCell::new(self.config.digits),
                     correction,
+                    logged_from: logged_at,
                 }
             });
+            // Records are fed roughly in log order, not exactly (requests
+            // race from their append to here).
+            open.logged_from = match (open.logged_from, logged_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             open.cell.record(r, llm);
         }
         if overflowed > 0 {
@@ -188,22 +237,39 @@ impl Aggregator {
     }
 
     /// Closes every minute that ended `close_after` before `now` (unix ns),
-    /// returning its rows, and forgets rows older than the retention.
-    pub fn close_due(&self, now: i64) -> Vec<Arc<Rollup>> {
+    /// handing out its rows, and forgets rows older than the retention.
+    /// `aggregated_before`: every log record before it has been aggregated.
+    pub fn close_due(&self, now: i64, aggregated_before: Option<WalPosition>) -> Closed {
         let until = now.saturating_sub(nanos(self.config.close_after));
-        self.close(now, |minute| minute + MINUTE_NANOS <= until, Some(until))
+        self.close(now, Some(until), aggregated_before)
     }
 
     /// Closes every open cell, finished minute or not (at shutdown).
-    pub fn close_all(&self, now: i64) -> Vec<Arc<Rollup>> {
-        self.close(now, |_| true, None)
+    pub fn close_all(&self, now: i64, aggregated_before: Option<WalPosition>) -> Closed {
+        self.close(now, None, aggregated_before)
     }
 
-    fn close(&self, now: i64, due: impl Fn(i64) -> bool, until: Option<i64>) -> Vec<Arc<Rollup>> {
+    fn close(
+        &self,
+        now: i64,
+        until: Option<i64>,
+        aggregated_before: Option<WalPosition>,
+    ) -> Closed {
         let mut state = self.lock();
+        // Minutes once closed stay closed even if the clock steps back.
+        let until = until.map(|u| state.closed_until.map_or(u, |c| c.max(u)));
+        let due = |minute: i64| until.is_none_or(|u| minute + MINUTE_NANOS <= u);
         let mut rows = std::mem::take(&mut state.ready);
         rows.extend(self.close_locked(&mut state, now, due, until));
-        rows
+        if let Some(before) = aggregated_before {
+            state.logged = state.logged.split_off(&before);
+        }
+        Closed {
+            rows,
+            closed_until: state.closed_until,
+            open_from: state.open.values().filter_map(|o| o.logged_from).min(),
+            aggregated_since: state.logged.iter().copied().collect(),
+        }
     }
 
     /// Moves the due cells out as rows (also kept for live stats) and
@@ -415,6 +481,7 @@ mod tests {
                 plain,
             ],
             T0,
+            None,
         );
         let g = a.stats(&all(300, vec![]), T0 + 2 * SEC).unwrap();
         assert_eq!(g.len(), 1);
@@ -435,17 +502,17 @@ mod tests {
     #[test]
     fn minutes_close_after_their_grace_and_late_spans_become_corrections() {
         let a = agg(100);
-        a.record(&tenant(), &[call("m", T0 + 5 * SEC, 100, false)], T0);
+        a.record(&tenant(), &[call("m", T0 + 5 * SEC, 100, false)], T0, None);
         // The minute ends at T0+60s and waits close_after (60 s) more.
-        assert!(a.close_due(T0 + 119 * SEC).is_empty());
-        let first = a.close_due(T0 + 120 * SEC);
+        assert!(a.close_due(T0 + 119 * SEC, None).rows.is_empty());
+        let first = a.close_due(T0 + 120 * SEC, None).rows;
         assert_eq!(first.len(), 1);
         assert!(!first[0].correction);
         assert_eq!(first[0].minute, T0);
 
         // A span of that minute arriving now is counted, in a correction row.
-        a.record(&tenant(), &[call("m", T0 + 6 * SEC, 200, false)], T0);
-        let late = a.close_due(T0 + 125 * SEC);
+        a.record(&tenant(), &[call("m", T0 + 6 * SEC, 200, false)], T0, None);
+        let late = a.close_due(T0 + 125 * SEC, None).rows;
         assert_eq!(late.len(), 1);
         assert!(late[0].correction);
         assert_eq!(late[0].minute, T0);
@@ -455,7 +522,7 @@ mod tests {
         assert_eq!(g[0].cell.counters.requests, 2);
         assert_eq!(hdr::quantile(&g[0].cell.latency, 1.0), Some(200.0));
         // ... and forget them after the retention (1 h).
-        a.close_due(T0 + 3 * 3600 * SEC);
+        a.close_due(T0 + 3 * 3600 * SEC, None);
         assert!(a
             .stats(&all(3600, vec![]), T0 + 3 * 3600 * SEC)
             .unwrap()
@@ -475,6 +542,7 @@ mod tests {
                 other,
             ],
             T0,
+            None,
         );
         let now = T0 + 90 * SEC;
         let by_model = a.stats(&all(3600, vec![Dimension::Model]), now).unwrap();
@@ -513,7 +581,7 @@ mod tests {
         let calls: Vec<SpanRecord> = (0..10)
             .map(|i| call(&format!("m{i}"), T0, 10, false))
             .collect();
-        a.record(&tenant(), &calls, T0);
+        a.record(&tenant(), &calls, T0, None);
         assert_eq!(
             a.stats_counts().open_cells,
             4,
@@ -535,9 +603,9 @@ mod tests {
         let calls: Vec<SpanRecord> = (0..10)
             .map(|i| call("m", T0 + i * 60 * SEC, 10, false))
             .collect();
-        a.record(&tenant(), &calls, T0 + 3600 * SEC);
+        a.record(&tenant(), &calls, T0 + 3600 * SEC, None);
         assert_eq!(a.stats_counts().overflowed_calls, 0);
-        let rows = a.close_due(T0 + 3600 * SEC);
+        let rows = a.close_due(T0 + 3600 * SEC, None).rows;
         assert_eq!(rows.len(), 10);
         assert!(rows
             .iter()
@@ -555,9 +623,78 @@ mod tests {
                 call("m", T0 + 600 * SEC, 10, false),
             ],
             T0,
+            None,
         );
-        let rows = a.close_all(T0 + 601 * SEC);
+        let rows = a.close_all(T0 + 601 * SEC, None).rows;
         assert_eq!(rows.len(), 2);
         assert_eq!(a.stats_counts().open_cells, 0);
+    }
+
+    #[test]
+    fn a_close_reports_what_it_closed_and_the_oldest_log_record_still_open() {
+        let a = agg(100);
+        let at = |offset| Some(WalPosition { segment: 1, offset });
+        a.record(&tenant(), &[call("m", T0, 10, false)], T0, at(300));
+        a.record(
+            &tenant(),
+            &[call("m", T0 + 5 * SEC, 10, false)],
+            T0,
+            at(200),
+        );
+        a.record(
+            &tenant(),
+            &[call("m", T0 + 70 * SEC, 10, false)],
+            T0,
+            at(400),
+        );
+        // Not logged (no write-ahead log): nothing to keep.
+        a.record(&tenant(), &[call("n", T0 + 70 * SEC, 10, false)], T0, None);
+
+        let nothing = a.close_due(T0 + 60 * SEC, None);
+        assert!(nothing.rows.is_empty());
+        assert_eq!(
+            nothing.open_from,
+            at(200),
+            "the first minute's cell, from its earliest record"
+        );
+
+        let first = a.close_due(T0 + 120 * SEC, None);
+        assert_eq!(first.rows.len(), 1);
+        assert_eq!(first.closed_until, Some(T0 + 60 * SEC));
+        assert_eq!(first.open_from, at(400));
+
+        let all = a.close_all(T0 + 130 * SEC, None);
+        assert_eq!(all.rows.len(), 2);
+        assert_eq!(all.open_from, None);
+    }
+
+    #[test]
+    fn a_close_names_the_records_aggregated_beyond_the_prefix_it_was_told() {
+        let a = agg(100);
+        let at = |offset| Some(WalPosition { segment: 1, offset });
+        for offset in [100, 300, 500] {
+            a.record(&tenant(), &[call("m", T0, 10, false)], T0, at(offset));
+        }
+        // Records before 200 are all aggregated; 300 and 500 finished
+        // before the one at 200 did.
+        let closed = a.close_due(T0 + 120 * SEC, at(200));
+        assert_eq!(
+            closed.aggregated_since,
+            vec![at(300).unwrap(), at(500).unwrap()]
+        );
+        a.record(&tenant(), &[call("m", T0, 10, false)], T0, at(200));
+        let closed = a.close_due(T0 + 125 * SEC, at(600));
+        assert!(closed.aggregated_since.is_empty());
+    }
+
+    #[test]
+    fn after_a_resume_late_spans_of_written_minutes_are_corrections() {
+        let a = agg(100);
+        a.resume(T0 + 60 * SEC);
+        a.record(&tenant(), &[call("m", T0, 10, false)], T0, None);
+        a.record(&tenant(), &[call("m", T0 + 60 * SEC, 10, false)], T0, None);
+        let rows = a.close_all(T0 + 130 * SEC, None).rows;
+        let corrections: Vec<(i64, bool)> = rows.iter().map(|r| (r.minute, r.correction)).collect();
+        assert_eq!(corrections, vec![(T0, true), (T0 + 60 * SEC, false)]);
     }
 }

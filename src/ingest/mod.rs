@@ -108,6 +108,9 @@ pub struct Pipeline {
     response_ids: dedup::ResponseIds,
     in_flight: InFlight,
     admission: Admission,
+    /// The first log record the rollup files may not count yet (see
+    /// `wal::RollupMark`): the log keeps it and what follows.
+    rollup_floor: std::sync::Mutex<Option<WalPosition>>,
 }
 
 /// Requests between their log append and their buffer append, by the log
@@ -180,6 +183,7 @@ impl Pipeline {
                 limits.retry_after,
             ),
             limits,
+            rollup_floor: Default::default(),
         }
     }
 
@@ -218,32 +222,78 @@ impl Pipeline {
         }
     }
 
+    /// Every log record before this position has been aggregated: read the
+    /// log's end first, then the requests in flight, so a request appended
+    /// before that end is seen in flight or is done. `None` without a log.
+    pub fn aggregated_before(&self) -> Option<WalPosition> {
+        let end = self.wal.as_ref()?.end();
+        Some(self.in_flight.min().map_or(end, |m| m.min(end)))
+    }
+
+    /// Where the log must keep records from for the rollups; see
+    /// [`Pipeline::log_floor`].
+    pub fn set_rollup_floor(&self, floor: Option<WalPosition>) {
+        *self.rollup_floor.lock().unwrap_or_else(|p| p.into_inner()) = floor;
+    }
+
+    /// The lowest log position still needed: by spans not in Parquet yet
+    /// ([`Pipeline::live_floor`]) or by rollups not written yet.
+    pub fn log_floor(&self) -> Option<WalPosition> {
+        let rollups = *self.rollup_floor.lock().unwrap_or_else(|p| p.into_inner());
+        match (self.live_floor(), rollups) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Feeds a request read back from the log at start, as it was accepted,
     /// without logging it again. `persisted` says whether the record's spans
     /// of a partition are already in a Parquet file; those are not buffered
-    /// twice. Returns the spans buffered.
+    /// twice. With a rollup `mark`, the aggregator gets the spans the
+    /// written rollups do not count, buffered or not; without one, the
+    /// spans buffered. Returns the spans buffered.
     pub fn replay(
         &self,
         entry: Replayed,
         persisted: &mut dyn FnMut(&PartitionKey, WalPosition) -> bool,
+        mark: Option<&crate::wal::RollupMark>,
     ) -> Result<usize, IngestError> {
         let tenant: Arc<str> = Arc::from(entry.tenant.as_str());
+        let position = entry.position;
         let now = SystemTime::now();
+        let now_nanos = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
         let mut normalised = normalise::normalise(entry.request, &self.limits, &self.prices, now);
         self.response_ids.dedup(&mut normalised.records);
+        if let Some(mark) = mark {
+            if position >= mark.replay_from {
+                let uncounted: Vec<_> = normalised
+                    .records
+                    .iter()
+                    .filter(|r| {
+                        let minute_end = crate::aggregate::minute_of(r.start_unix_nano)
+                            .saturating_add(crate::aggregate::MINUTE_NANOS);
+                        r.facts.llm.is_some() && !mark.counts(position, minute_end)
+                    })
+                    .cloned()
+                    .collect();
+                self.aggregator
+                    .record(&tenant, &uncounted, now_nanos, Some(position));
+            }
+        }
         normalised.records.retain(|r| {
             let key = PartitionKey::for_span(&tenant, r.start_unix_nano);
-            !persisted(&key, entry.position)
+            !persisted(&key, position)
         });
         if !normalised.records.is_empty() {
             self.store
                 .buffer()
-                .append(&tenant, &normalised.records, Some(entry.position))?;
-            let now_nanos = now
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i64);
-            self.aggregator
-                .record(&tenant, &normalised.records, now_nanos);
+                .append(&tenant, &normalised.records, Some(position))?;
+            if mark.is_none() {
+                self.aggregator
+                    .record(&tenant, &normalised.records, now_nanos, Some(position));
+            }
         }
         Ok(normalised.records.len())
     }
@@ -291,7 +341,7 @@ impl Pipeline {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as i64);
             self.aggregator
-                .record(tenant, &normalised.records, now_nanos);
+                .record(tenant, &normalised.records, now_nanos, position);
         }
         let llm_calls = normalised
             .records

@@ -32,29 +32,28 @@ impl RollupWriter {
         }
     }
 
-    /// Writes one batch of `tenant`'s rows of `date`; returns the file's path.
-    pub fn write(
-        &self,
-        tenant: &str,
-        date: NaiveDate,
-        batch: &RecordBatch,
-    ) -> Result<PathBuf, StoreError> {
+    /// A new file name for `tenant`'s rows of `date`, unique among the
+    /// collectors sharing the data dir.
+    pub fn path_for(&self, tenant: &str, date: NaiveDate) -> PathBuf {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let path = rollup_dir(&self.data_dir, tenant, date).join(format!(
+        rollup_dir(&self.data_dir, tenant, date).join(format!(
             "rollup-{millis}-{:016x}-{seq:06}.parquet",
             self.instance
-        ));
+        ))
+    }
+
+    /// Writes one batch of rows to `path` (from [`RollupWriter::path_for`]).
+    pub fn write(&self, path: &Path, batch: &RecordBatch) -> Result<(), StoreError> {
         // Histograms are already compact varint encodings; zstd still helps
         // the runs of zero counts between them.
         let properties = WriterProperties::builder()
             .set_created_by(format!("llmtrace {}", env!("CARGO_PKG_VERSION")))
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
             .build();
-        write_atomically(&path, batch.schema(), properties, [Ok(batch.clone())])?;
-        Ok(path)
+        write_atomically(path, batch.schema(), properties, [Ok(batch.clone())])
     }
 }

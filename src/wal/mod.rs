@@ -15,6 +15,9 @@ use prost::Message;
 /// Segment files with group commit, torn-tail recovery and truncation.
 pub mod segment;
 
+mod rollup_mark;
+pub use rollup_mark::RollupMark;
+
 /// Generated from `proto/llmtrace/v1/wal.proto`.
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/llmtrace.v1.rs"));
@@ -49,6 +52,8 @@ pub struct Replayed {
 pub struct Log {
     wal: segment::Wal,
     sequence: std::sync::atomic::AtomicU64,
+    /// The rollup mark as found at open.
+    rollup_mark: Option<RollupMark>,
 }
 
 impl Log {
@@ -59,6 +64,7 @@ impl Log {
         options: WalOptions,
     ) -> Result<(Log, Vec<Replayed>), WalError> {
         let (wal, replay) = segment::Wal::open(dir, options)?;
+        let rollup_mark = RollupMark::recover(dir);
         let mut entries = Vec::new();
         for record in replay {
             let record = record?;
@@ -84,6 +90,7 @@ impl Log {
             Log {
                 wal,
                 sequence: std::sync::atomic::AtomicU64::new(0),
+                rollup_mark,
             },
             entries,
         ))
@@ -131,6 +138,32 @@ impl Log {
 
     pub fn sync(&self) -> Result<(), WalError> {
         Ok(self.wal.sync()?)
+    }
+
+    /// What the rollup files counted when the log was opened.
+    pub fn rollup_mark(&self) -> Option<&RollupMark> {
+        self.rollup_mark.as_ref()
+    }
+
+    /// Names the rollup files about to be written for `mark`; see
+    /// [`RollupMark`].
+    pub fn intend_rollups(
+        &self,
+        mark: &RollupMark,
+        files: &[std::path::PathBuf],
+    ) -> Result<(), WalError> {
+        Ok(mark.intend(self.wal.dir(), files)?)
+    }
+
+    /// Records what the rollup files now count, committing the files of an
+    /// intent.
+    pub fn write_rollup_mark(&self, mark: &RollupMark) -> Result<(), WalError> {
+        Ok(mark.write(self.wal.dir())?)
+    }
+
+    /// Forgets an intent whose files were removed.
+    pub fn abandon_rollups(&self) -> Result<(), WalError> {
+        Ok(rollup_mark::remove_intent(self.wal.dir())?)
     }
 }
 

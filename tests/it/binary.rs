@@ -19,8 +19,17 @@ pub fn batch(request: u64, start: u64) -> String {
             // Spans of one request straddle two hours, so a crash can fall
             // between the files of one request.
             let t = start + (id % 2) * 3_600_000_000_000;
+            // Every fifth span is an LLM call, so rollups are fed too.
+            let attributes = if id % 5 == 0 {
+                format!(
+                    r#","attributes":[{{"key":"gen_ai.system","value":{{"stringValue":"openai"}}}},{{"key":"gen_ai.request.model","value":{{"stringValue":"gpt-4o"}}}},{{"key":"gen_ai.usage.input_tokens","value":{{"intValue":"{}"}}}}]"#,
+                    id % 1000
+                )
+            } else {
+                String::new()
+            };
             format!(
-                r#"{{"traceId":"{id:032x}","spanId":"{id:016x}","name":"op","startTimeUnixNano":"{t}","endTimeUnixNano":"{}"}}"#,
+                r#"{{"traceId":"{id:032x}","spanId":"{id:016x}","name":"op","startTimeUnixNano":"{t}","endTimeUnixNano":"{}"{attributes}}}"#,
                 t + 5_000
             )
         })
@@ -29,6 +38,19 @@ pub fn batch(request: u64, start: u64) -> String {
         r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
         spans.join(",")
     )
+}
+
+/// Stops the server with SIGTERM and waits for its exit; true when it
+/// exited cleanly.
+pub async fn terminate(mut server: Server) -> bool {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::task::spawn_blocking(move || server.0.wait().unwrap().success())
+        .await
+        .unwrap()
 }
 
 /// A server process, killed when dropped (also when a test assertion fails).

@@ -2,12 +2,11 @@
 //! exits 0, and every span it acknowledged is on disk exactly once.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::binary::{spawn_senders, start, Acked};
+use crate::binary::{spawn_senders, start, terminate, Acked};
 use crate::support::{now_nanos, read_rows};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,7 +14,7 @@ async fn sigterm_mid_stream_loses_nothing_acknowledged() {
     llmtrace::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (mut server, http, _api) = start(&data);
+    let (server, http, _api) = start(&data);
     let url = format!("http://{http}/v1/traces");
 
     let acked: Acked = Default::default();
@@ -23,22 +22,11 @@ async fn sigterm_mid_stream_loses_nothing_acknowledged() {
     let never = Arc::new(AtomicBool::new(false));
     let senders = spawn_senders(&url, &acked, 0, now_nanos() - 1_000_000_000, &never);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || {
-        let exit = server.0.wait().unwrap();
-        drop(server);
-        exit
-    })
-    .await
-    .unwrap();
+    let clean = terminate(server).await;
     for s in senders {
         s.await.unwrap();
     }
-    assert!(exit.success(), "exit status {exit:?}");
+    assert!(clean, "exited with an error");
 
     let acked = acked.lock().unwrap();
     assert!(
