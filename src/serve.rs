@@ -534,6 +534,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
             after: storage.compact_after.0,
             min_files: storage.compact_min_files,
         };
+        let rollup_writer = Arc::new(RollupWriter::new(&config.data_dir));
         let mut stop_rx = stop_rx.clone();
         tokio::spawn(async move {
             if policy.min_files == 0 {
@@ -547,6 +548,17 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
                 match store.compact(std::time::SystemTime::now(), &policy).await {
                     Ok(done) => metrics.compacted(done.files),
                     Err(error) => tracing::error!(%error, "compaction pass failed"),
+                }
+                let (writer, policy) = (rollup_writer.clone(), policy.clone());
+                let rollups = tokio::task::spawn_blocking(move || {
+                    let now = std::time::SystemTime::now();
+                    crate::store::compaction::compact_rollups(writer.data_dir(), &writer, now, &policy)
+                })
+                .await;
+                match rollups {
+                    Ok(Ok(done)) => metrics.compacted(done.files),
+                    Ok(Err(error)) => tracing::error!(%error, "rollup compaction pass failed"),
+                    Err(error) => tracing::error!(%error, "rollup compaction task failed"),
                 }
             }
         })

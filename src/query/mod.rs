@@ -8,6 +8,8 @@
 pub mod format;
 mod hdr_udf;
 pub mod reports;
+mod partitions;
+mod rollups_table;
 mod spans_table;
 mod udf;
 
@@ -17,8 +19,6 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{ArrayRef, Float64Builder, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::ListingOptions;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
@@ -27,7 +27,6 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use rust_decimal::prelude::ToPrimitive;
 
-use crate::aggregate::rollup::rollup_schema;
 use crate::metrics::Metrics;
 use crate::pricing::PriceBook;
 use crate::store::Store;
@@ -186,7 +185,14 @@ impl Parts {
             Arc::new(prices_table(&self.prices).map_err(classify)?),
         )
         .map_err(classify)?;
-        register_rollups(&ctx, &self.data_dir, tenant.as_deref()).await?;
+        ctx.register_table(
+            "rollups",
+            Arc::new(rollups_table::RollupsTable::new(
+                self.data_dir.clone(),
+                tenant.clone(),
+            )),
+        )
+        .map_err(classify)?;
         ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
             udf::LlmCost::new(self.prices.clone()),
         ));
@@ -257,57 +263,6 @@ fn prices_table(book: &PriceBook) -> Result<MemTable, DataFusionError> {
     columns.extend(tail.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
     MemTable::try_new(schema, vec![vec![batch]])
-}
-
-/// The `rollups` table: the rollup files, partitioned by tenant and date;
-/// empty (with the same columns) while none exist.
-async fn register_rollups(
-    ctx: &SessionContext,
-    data_dir: &Path,
-    tenant: Option<&str>,
-) -> Result<(), QueryError> {
-    let partitions = || {
-        ["tenant", "date"]
-            .iter()
-            .map(|c| ((*c).to_owned(), DataType::Utf8))
-            .collect::<Vec<_>>()
-    };
-    let dir = data_dir.join("rollups");
-    if dir.is_dir() {
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet")
-            .with_table_partition_cols(partitions());
-        let url =
-            datafusion::datasource::listing::ListingTableUrl::parse(format!("{}/", dir.display()))
-                .map_err(classify)?;
-        let config = datafusion::datasource::listing::ListingTableConfig::new(url)
-            .with_listing_options(options)
-            .with_schema(rollup_schema());
-        let table: Arc<dyn datafusion::datasource::TableProvider> = Arc::new(
-            datafusion::datasource::listing::ListingTable::try_new(config).map_err(classify)?,
-        );
-        let table = match tenant {
-            Some(t) => Arc::new(spans_table::TenantOnly::new(table, t)) as _,
-            None => table,
-        };
-        ctx.register_table("rollups", table).map_err(classify)?;
-    } else {
-        let mut fields: Vec<Field> = rollup_schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.extend(
-            partitions()
-                .into_iter()
-                .map(|(n, t)| Field::new(n, t, false)),
-        );
-        let schema = Arc::new(Schema::new(fields));
-        let table = MemTable::try_new(schema, vec![vec![]]).map_err(classify)?;
-        ctx.register_table("rollups", Arc::new(table))
-            .map_err(classify)?;
-    }
-    Ok(())
 }
 
 impl QueryEngine {

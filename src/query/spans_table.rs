@@ -8,42 +8,31 @@
 //! Row groups are then pruned by the Parquet reader from the same filters
 //! (statistics, page index, the trace_id bloom filter).
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, DictionaryArray, Int64Array, RecordBatch, StringArray,
-    UInt16Array,
-};
+use datafusion::arrow::array::{ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt16Array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::Session;
-use datafusion::common::pruning::PruningStatistics;
-use datafusion::common::{Column, DFSchema, ScalarValue};
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
-use datafusion::datasource::table_schema::TableSchema;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 
-use datafusion::object_store;
-
+use super::partitions::{file_scan, partition_type, partitioned_file, prune, Layout, Partition};
 use crate::record::span_schema;
 use crate::store::{PartitionKey, SpanSnapshot, Store};
 
-/// The partition columns of the Hive layout, in path order.
-pub const PARTITION_COLUMNS: [&str; 3] = ["tenant", "date", "hour"];
+/// The partition columns of the Hive layout, in path order; a partition
+/// holds an hour of `start_time`.
+const LAYOUT: Layout = Layout {
+    columns: &["tenant", "date", "hour"],
+    time_column: "start_time",
+};
 
 /// Where a scan's snapshot comes from.
 #[derive(Clone)]
@@ -84,19 +73,6 @@ pub struct SpansTable {
     partition_fields: Vec<FieldRef>,
 }
 
-/// Partition values are one string per file: a dictionary of one entry
-/// costs nothing per row, where plain strings would be copied into every batch.
-fn partition_type() -> DataType {
-    DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8))
-}
-
-fn partition_value(v: String) -> ScalarValue {
-    ScalarValue::Dictionary(
-        Box::new(DataType::UInt16),
-        Box::new(ScalarValue::Utf8(Some(v))),
-    )
-}
-
 /// The file columns as the reader returns them: top-level strings as
 /// Utf8View, which the Parquet reader fills without copying dictionary
 /// values and which DataFusion groups and compares faster.
@@ -114,7 +90,8 @@ fn read_schema() -> SchemaRef {
 
 impl SpansTable {
     pub fn new(source: SpanSource) -> Self {
-        let partition_fields: Vec<FieldRef> = PARTITION_COLUMNS
+        let partition_fields: Vec<FieldRef> = LAYOUT
+            .columns
             .iter()
             .map(|c| Arc::new(Field::new(*c, partition_type(), false)))
             .collect();
@@ -140,51 +117,18 @@ impl SpansTable {
         self
     }
 
-    /// Which of `keys` can hold rows matching `filters` (all, when the
-    /// filters say nothing about partitions or cannot be analysed).
+    /// Which of `keys` can hold rows matching `filters`.
     fn prune(&self, state: &dyn Session, filters: &[Expr], keys: &[&PartitionKey]) -> Vec<bool> {
-        let all = vec![true; keys.len()];
-        let Some(predicate) = conjunction(filters.iter().cloned()) else {
-            return all;
-        };
-        let pruned = (|| {
-            let df_schema = DFSchema::try_from(self.schema.clone())?;
-            let physical = state.create_physical_expr(predicate, &df_schema)?;
-            let Some(predicate) = PruningPredicateBuilder::new()
-                .with_file_schema(self.schema.clone())
-                .build(physical)
-            else {
-                return Ok(all.clone());
-            };
-            predicate.prune(&PartitionStatistics::new(keys, &self.schema)?)
-        })();
-        pruned.unwrap_or_else(|e: DataFusionError| {
-            tracing::debug!(error = %e, "partition pruning skipped");
-            all
-        })
-    }
-
-    async fn file_scan(
-        &self,
-        state: &dyn Session,
-        files: Vec<PartitionedFile>,
-        projection: Option<&Vec<usize>>,
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
-        let table_schema = TableSchema::builder(self.file_schema.clone())
-            .with_table_partition_cols(self.partition_fields.clone())
-            .build();
-        let groups = FileGroup::new(files).split_files(state.config().target_partitions());
-        let config = FileScanConfigBuilder::new(
-            ObjectStoreUrl::local_filesystem(),
-            format.file_source(table_schema),
-        )
-        .with_file_groups(groups)
-        .with_projection_indices(projection.cloned())?
-        .with_limit(limit)
-        .build();
-        format.create_physical_plan(state, config).await
+        const HOUR_NANOS: i64 = 3_600_000_000_000;
+        let partitions: Vec<Partition> = keys
+            .iter()
+            .map(|k| Partition {
+                values: k.column_values().to_vec(),
+                first: k.hour_start_nanos(),
+                last: k.hour_start_nanos().saturating_add(HOUR_NANOS - 1),
+            })
+            .collect();
+        prune(state, filters, &self.schema, &LAYOUT, &partitions)
     }
 
     /// Buffered batches with their partition columns added, spread over
@@ -267,26 +211,13 @@ impl TableProvider for SpansTable {
         let keep = self.prune(state, filters, &keys);
         let (keep_files, keep_batches) = keep.split_at(snapshot.files.len());
 
-        let mut files = Vec::new();
-        for (file, _) in snapshot.files.iter().zip(keep_files).filter(|(_, k)| **k) {
-            // The data dir may be relative (`./llmtrace-data` by default);
-            // object store paths are absolute.
-            let location = std::path::absolute(&file.path)
-                .map_err(DataFusionError::IoError)
-                .and_then(|p| {
-                    object_store::path::Path::from_absolute_path(p)
-                        .map_err(|e| DataFusionError::External(Box::new(e)))
-                })?;
-            let meta = object_store::ObjectMeta {
-                location,
-                last_modified: file.modified.into(),
-                size: file.size,
-                e_tag: None,
-                version: None,
-            };
-            let values = file.key.column_values().map(partition_value);
-            files.push(PartitionedFile::new_from_meta(meta).with_partition_values(values.to_vec()));
-        }
+        let files = snapshot
+            .files
+            .iter()
+            .zip(keep_files)
+            .filter(|(_, k)| **k)
+            .map(|(f, _)| partitioned_file(&f.path, f.size, f.modified, f.key.column_values().to_vec()))
+            .collect::<Result<Vec<_>>>()?;
         let batches: Vec<(PartitionKey, RecordBatch)> = snapshot
             .batches
             .into_iter()
@@ -296,7 +227,17 @@ impl TableProvider for SpansTable {
 
         let mut inputs = Vec::new();
         if !files.is_empty() {
-            inputs.push(self.file_scan(state, files, projection, limit).await?);
+            inputs.push(
+                file_scan(
+                    state,
+                    self.file_schema.clone(),
+                    self.partition_fields.clone(),
+                    files,
+                    projection,
+                    limit,
+                )
+                .await?,
+            );
         }
         if !batches.is_empty() {
             let partitions = state.config().target_partitions();
@@ -313,159 +254,13 @@ impl TableProvider for SpansTable {
     }
 }
 
-fn text_of(v: &ScalarValue) -> Option<&str> {
-    match v {
-        ScalarValue::Utf8(Some(s))
-        | ScalarValue::Utf8View(Some(s))
-        | ScalarValue::LargeUtf8(Some(s)) => Some(s),
-        ScalarValue::Dictionary(_, inner) => text_of(inner),
-        _ => None,
-    }
-}
-
-/// A table restricted to one tenant: every scan carries `tenant = T`, which
-/// the wrapped listing table applies exactly, by listing only that tenant's
-/// partition directories.
-#[derive(Debug)]
-pub struct TenantOnly {
-    inner: Arc<dyn TableProvider>,
-    tenant: String,
-}
-
-impl TenantOnly {
-    pub fn new(inner: Arc<dyn TableProvider>, tenant: &str) -> Self {
-        TenantOnly {
-            inner,
-            tenant: tenant.to_owned(),
-        }
-    }
-}
-
-#[async_trait]
-impl TableProvider for TenantOnly {
-    fn schema(&self) -> SchemaRef {
-        self.inner.schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        self.inner.table_type()
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> Result<Vec<TableProviderFilterPushDown>> {
-        self.inner.supports_filters_pushdown(filters)
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut filters = filters.to_vec();
-        filters.push(
-            datafusion::logical_expr::col("tenant")
-                .eq(datafusion::logical_expr::lit(self.tenant.clone())),
-        );
-        // The listing table answers partition filters exactly; a limit is
-        // only safe to pass on together with them.
-        self.inner.scan(state, projection, &filters, limit).await
-    }
-}
-
-/// Partitions as pruning containers: `tenant`, `date` and `hour` take one
-/// value each, `start_time` spans the partition's hour.
-struct PartitionStatistics {
-    /// Per partition column, its value per container, as text and as the
-    /// column's own type (what the predicate compares with).
-    values: [StringArray; 3],
-    typed: [ArrayRef; 3],
-    start_min: ArrayRef,
-    start_max: ArrayRef,
-}
-
-impl PartitionStatistics {
-    fn new(keys: &[&PartitionKey], schema: &Schema) -> Result<Self> {
-        let column = |i: usize| -> StringArray {
-            keys.iter()
-                .map(|k| Some(k.column_values()[i].clone()))
-                .collect()
-        };
-        const HOUR_NANOS: i64 = 3_600_000_000_000;
-        let start_type = schema.field_with_name("start_time")?.data_type();
-        let starts = Int64Array::from_iter_values(keys.iter().map(|k| k.hour_start_nanos()));
-        let ends = Int64Array::from_iter_values(
-            keys.iter()
-                .map(|k| k.hour_start_nanos().saturating_add(HOUR_NANOS - 1)),
-        );
-        let values = [column(0), column(1), column(2)];
-        let typed =
-            [0, 1, 2].map(|i| datafusion::arrow::compute::cast(&values[i], &partition_type()));
-        let [t0, t1, t2] = typed;
-        Ok(PartitionStatistics {
-            typed: [t0?, t1?, t2?],
-            values,
-            start_min: datafusion::arrow::compute::cast(&starts, start_type)?,
-            start_max: datafusion::arrow::compute::cast(&ends, start_type)?,
-        })
-    }
-
-    fn column_index(column: &Column) -> Option<usize> {
-        PARTITION_COLUMNS.iter().position(|c| *c == column.name())
-    }
-}
-
-impl PruningStatistics for PartitionStatistics {
-    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
-        if column.name() == "start_time" {
-            return Some(self.start_min.clone());
-        }
-        Self::column_index(column).map(|i| self.typed[i].clone())
-    }
-
-    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
-        if column.name() == "start_time" {
-            return Some(self.start_max.clone());
-        }
-        Self::column_index(column).map(|i| self.typed[i].clone())
-    }
-
-    fn num_containers(&self) -> usize {
-        self.values[0].len()
-    }
-
-    fn null_counts(&self, _column: &Column) -> Option<ArrayRef> {
-        None
-    }
-
-    fn row_counts(&self) -> Option<ArrayRef> {
-        None
-    }
-
-    #[allow(clippy::mutable_key_type)] // the trait's signature
-    fn contained(&self, column: &Column, values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
-        let column = &self.values[Self::column_index(column)?];
-        // The literals arrive in the column's type (a dictionary) or as
-        // plain text; anything else we cannot judge.
-        let texts: Option<HashSet<&str>> = values.iter().map(text_of).collect();
-        let texts = texts?;
-        Some(
-            (0..column.len())
-                .map(|i| Some(texts.contains(column.value(i))))
-                .collect(),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pricing::PriceBook;
     use crate::query::{QueryEngine, QueryLimits};
     use crate::record::SpanRecord;
+    use datafusion::common::ScalarValue;
     use datafusion::logical_expr::{col, lit};
     use datafusion::prelude::SessionContext;
 

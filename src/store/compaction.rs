@@ -3,6 +3,12 @@
 //! open and a footer read per file. Once a partition's hour is over, plus
 //! `storage.compact_after` for late spans, its small files are merged into one.
 //!
+//! Rollup partitions (tenant and day) collect a file each time minutes close,
+//! about one a minute. The files written in one clock hour are merged once
+//! that hour is over plus `compact_after`, and once the day is over plus
+//! `compact_after`, all of the day's small files (the hourly ones included)
+//! are merged into one.
+//!
 //! The swap never shows a span twice nor loses one, to queries or across a
 //! crash, because one rename commits it:
 //! 1. a marker `.{output}.replaces` names the inputs (fsynced);
@@ -31,11 +37,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::listing::{hour_dirs, list_span_files, SpanFile};
+use super::listing::{hour_dirs, list_rollup_files, list_span_files, rollup_dirs};
+use super::listing::{PartitionFile, RollupFile, SpanFile};
 use super::parquet::{sync_dir, wal_positions_in, ParquetWriter};
-use super::partition::PartitionKey;
+use super::partition::{PartitionKey, RollupKey};
 use super::retention::remove_file;
-use super::{Store, StoreError};
+use super::{RollupWriter, Store, StoreError};
+use crate::aggregate::rollup::rollup_schema;
 use crate::record::span_schema;
 
 const MARKER_SUFFIX: &str = ".replaces";
@@ -91,7 +99,9 @@ pub(super) fn read_marker(path: &Path) -> Result<Vec<String>, StoreError> {
 /// anything reads the store.
 pub fn recover(data_dir: &Path) -> Result<usize, StoreError> {
     let mut fixed = 0;
-    for (_, dir) in hour_dirs(data_dir)? {
+    let dirs = hour_dirs(data_dir)?.into_iter().map(|(_, d)| d);
+    let dirs = dirs.chain(rollup_dirs(data_dir)?.into_iter().map(|(_, d)| d));
+    for dir in dirs {
         let entries = std::fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
@@ -163,13 +173,7 @@ fn merge(writer: &ParquetWriter, inputs: &[SpanFile]) -> Result<Option<usize>, S
     for input in inputs {
         let file = File::open(&input.path).map_err(|e| StoreError::io(&input.path, e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-        let same = |a: &arrow::datatypes::Schema| {
-            a.fields().len() == schema.fields().len()
-                && a.fields().iter().zip(schema.fields()).all(|(x, y)| {
-                    x.name() == y.name() && x.data_type().equals_datatype(y.data_type())
-                })
-        };
-        if !same(builder.schema()) {
+        if !same_columns(builder.schema(), &schema) {
             tracing::warn!(path = %input.path.display(), "not compacted: the file's schema is not the current span schema");
             return Ok(None);
         }
@@ -182,8 +186,27 @@ fn merge(writer: &ParquetWriter, inputs: &[SpanFile]) -> Result<Option<usize>, S
     wal.dedup();
 
     let output = writer.compacted_path_for(&first.key);
+    let batches = readers
+        .into_iter()
+        .flatten()
+        .map(|b| b.map_err(StoreError::from))
+        .map(|b| b.and_then(|b| conform(b, &schema)));
+    swap(inputs, &output, || {
+        writer.write_stream(&output, rows, batches, &wal)
+    })?;
+    Ok(Some(rows))
+}
+
+/// Replaces `inputs` (files of one directory) by `output`, which `write`
+/// writes atomically: marker, output (the commit), inputs removed, marker
+/// removed; see the module docs.
+fn swap<K>(
+    inputs: &[PartitionFile<K>],
+    output: &Path,
+    write: impl FnOnce() -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let dir = output.parent().map(Path::to_owned).unwrap_or_default();
-    let marker = marker_path(&output);
+    let marker = marker_path(output);
     let names: Vec<String> = inputs
         .iter()
         .filter_map(|f| f.path.file_name())
@@ -198,13 +221,7 @@ fn merge(writer: &ParquetWriter, inputs: &[SpanFile]) -> Result<Option<usize>, S
     // The marker must be on disk before the output can be: otherwise a power
     // loss could leave the output and its inputs both listed.
     sync_dir(&dir);
-
-    let batches = readers
-        .into_iter()
-        .flatten()
-        .map(|b| b.map_err(StoreError::from))
-        .map(|b| b.and_then(|b| conform(b, &schema)));
-    if let Err(error) = writer.write_stream(&output, rows, batches, &wal) {
+    if let Err(error) = write() {
         let _ = std::fs::remove_file(&marker);
         return Err(error);
     }
@@ -213,10 +230,121 @@ fn merge(writer: &ParquetWriter, inputs: &[SpanFile]) -> Result<Option<usize>, S
     }
     sync_dir(&dir);
     remove_file(&marker)?;
+    Ok(())
+}
+
+/// Whether a file's columns are `schema`'s, by name and type.
+fn same_columns(file: &arrow::datatypes::Schema, schema: &arrow::datatypes::Schema) -> bool {
+    file.fields().len() == schema.fields().len()
+        && file
+            .fields()
+            .iter()
+            .zip(schema.fields())
+            .all(|(x, y)| x.name() == y.name() && x.data_type().equals_datatype(y.data_type()))
+}
+
+/// The rollup files due for compaction, in groups to merge: per partition,
+/// the small files written in one clock hour once it is over plus
+/// `policy.after`, or all small files once the day is.
+fn choose_rollups(files: Vec<RollupFile>, now: SystemTime, policy: &Policy) -> Vec<Vec<RollupFile>> {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = since_epoch(now);
+    let day_over = |key: &RollupKey| {
+        let end = Duration::from_nanos(key.day_start_nanos().max(0) as u64) + 24 * HOUR;
+        end + policy.after <= now
+    };
+    // (partition, hour the file was written in; None for a settled day)
+    let mut groups: BTreeMap<(RollupKey, Option<u64>), Vec<RollupFile>> = BTreeMap::new();
+    for file in files {
+        if file.size >= LARGE_FILE_BYTES {
+            continue;
+        }
+        if day_over(&file.key) {
+            groups.entry((file.key.clone(), None)).or_default().push(file);
+            continue;
+        }
+        // Merged files of the day wait for the day's end.
+        let name = file.path.file_name().unwrap_or_default().to_string_lossy();
+        if !name.starts_with("rollup-") {
+            continue;
+        }
+        let hour = since_epoch(file.modified).as_secs() / 3600;
+        if Duration::from_secs((hour + 1) * 3600) + policy.after <= now {
+            groups.entry((file.key.clone(), Some(hour))).or_default().push(file);
+        }
+    }
+    groups
+        .into_values()
+        .filter(|g| g.len() >= policy.min_files.max(2))
+        .collect()
+}
+
+/// Merges `inputs` (rollup files of one partition) into one new file and
+/// removes them. `None` when an input is not a rollup file of the current
+/// schema.
+fn merge_rollups(writer: &RollupWriter, inputs: &[RollupFile]) -> Result<Option<usize>, StoreError> {
+    let Some(first) = inputs.first() else {
+        return Ok(None);
+    };
+    let schema = rollup_schema();
+    let mut readers = Vec::with_capacity(inputs.len());
+    let mut rows = 0usize;
+    for input in inputs {
+        let file = File::open(&input.path).map_err(|e| StoreError::io(&input.path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+        if !same_columns(builder.schema(), &schema) {
+            tracing::warn!(path = %input.path.display(), "not compacted: the file's schema is not the current rollup schema");
+            return Ok(None);
+        }
+        rows += builder.metadata().file_metadata().num_rows().max(0) as usize;
+        readers.push(builder.with_batch_size(READ_BATCH_ROWS).build()?);
+    }
+    let output = writer.compacted_path_for(&first.key);
+    let batches = readers
+        .into_iter()
+        .flatten()
+        .map(|b| b.map_err(StoreError::from))
+        .map(|b| b.and_then(|b| conform(b, &schema)));
+    swap(inputs, &output, || writer.write_stream(&output, batches))?;
     Ok(Some(rows))
 }
 
-/// A batch read back, under the span schema itself (the writer compares
+/// Merges the rollup files due for compaction (blocking file work). One
+/// group failing leaves its files as they were and goes on with the next.
+pub fn compact_rollups(
+    data_dir: &Path,
+    writer: &RollupWriter,
+    now: SystemTime,
+    policy: &Policy,
+) -> Result<Compacted, StoreError> {
+    let mut done = Compacted::default();
+    for inputs in choose_rollups(list_rollup_files(data_dir)?, now, policy) {
+        let started = std::time::Instant::now();
+        let partition = inputs[0].key.dir(Path::new("")).display().to_string();
+        match merge_rollups(writer, &inputs) {
+            Ok(Some(rows)) => {
+                done.partitions += 1;
+                done.files += inputs.len();
+                done.rows += rows;
+                tracing::info!(
+                    %partition,
+                    files = inputs.len(),
+                    rows,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "compacted rollup files"
+                );
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, %partition, "rollup compaction failed; the files stay as they were");
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// A batch read back, under the table's schema itself (the writer compares
 /// schemas, metadata included).
 fn conform(
     batch: RecordBatch,
@@ -284,6 +412,7 @@ mod tests {
     use super::*;
     use crate::record::SpanRecord;
     use crate::store::{wal_positions, SpanSnapshot};
+    use chrono::Datelike;
     use crate::wal::WalPosition;
 
     /// 2023-11-14T22:13:20Z: long settled.
@@ -521,5 +650,139 @@ mod tests {
         };
         // min_files 0 is "off" for the server; choose itself never merges one file.
         assert_eq!(choose(vec![file(1, 0, 10)], at(12, 0), &off).len(), 0);
+    }
+
+    /// Rollup files of tenant `default`: one per minute from `first`, each
+    /// one row with `minute + 1` ms of latency and as many requests.
+    fn write_rollups(writer: &RollupWriter, first: i64, minutes: i64) {
+        use crate::aggregate::{hdr, AggKey, Counters, Rollup};
+        let tenant: Arc<str> = Arc::from("default");
+        for m in 0..minutes {
+            let mut latency = hdr::new_histogram(3).unwrap();
+            latency.record((m + 1) as u64).unwrap();
+            let row = Arc::new(Rollup {
+                minute: first + m * 60_000_000_000,
+                key: AggKey::overflow(&tenant),
+                counters: Counters {
+                    requests: (m + 1) as u64,
+                    ..Counters::default()
+                },
+                latency: hdr::encode(&latency),
+                ttft: None,
+                correction: false,
+            });
+            for (tenant, date, batch) in crate::aggregate::rollup::to_batches(&[row]).unwrap() {
+                writer.write(&writer.path_for(&tenant, date), &batch).unwrap();
+            }
+        }
+    }
+
+    async fn rollup_totals(dir: &Path) -> String {
+        let engine = crate::query::QueryEngine::open(
+            dir,
+            &crate::pricing::PriceBook::default_book(),
+            crate::query::QueryLimits::default(),
+        )
+        .await
+        .unwrap();
+        let result = engine
+            .run(
+                "SELECT count(*) AS rows, sum(requests) AS calls, \
+                 hdr_quantile(hdr_merge(latency_ms_hist), 0.5) AS p50 FROM rollups",
+            )
+            .await
+            .unwrap();
+        arrow::util::pretty::pretty_format_batches(&result.batches)
+            .unwrap()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn rollup_files_of_a_finished_day_become_one_and_queries_see_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = RollupWriter::new(dir.path());
+        write_rollups(&writer, OLD, 30);
+        let before = rollup_totals(dir.path()).await;
+        assert!(before.contains("| 30   | 465   |"), "{before}");
+
+        let done = compact_rollups(dir.path(), &writer, SystemTime::now(), &policy()).unwrap();
+        assert_eq!((done.partitions, done.files, done.rows), (1, 30, 30));
+        let files = list_rollup_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 1);
+        let name = files[0].path.file_name().unwrap().to_string_lossy();
+        assert!(name.starts_with("compact-"), "{name}");
+        assert_eq!(names_in(files[0].path.parent().unwrap()), vec![name.to_string()]);
+        assert_eq!(rollup_totals(dir.path()).await, before);
+
+        // Nothing left to do.
+        let again = compact_rollups(dir.path(), &writer, SystemTime::now(), &policy()).unwrap();
+        assert_eq!(again, Compacted::default());
+    }
+
+    #[tokio::test]
+    async fn a_rollup_compaction_cut_short_is_undone_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = RollupWriter::new(dir.path());
+        write_rollups(&writer, OLD, 5);
+        let before = rollup_totals(dir.path()).await;
+        let inputs = list_rollup_files(dir.path()).unwrap();
+        // Marker written, output never committed.
+        let output = writer.compacted_path_for(&inputs[0].key);
+        let names: Vec<String> = inputs
+            .iter()
+            .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        std::fs::write(marker_path(&output), names.join("\n")).unwrap();
+        assert_eq!(recover(dir.path()).unwrap(), 1);
+        assert_eq!(list_rollup_files(dir.path()).unwrap(), inputs);
+        assert_eq!(rollup_totals(dir.path()).await, before);
+    }
+
+    #[test]
+    fn rollup_files_are_merged_by_the_hour_they_were_written_and_then_by_day() {
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        let key = RollupKey {
+            tenant: Arc::from("t"),
+            date: day,
+        };
+        let at = |d: u32, h: u32, m: u32| {
+            let t = day
+                .with_day(d)
+                .unwrap()
+                .and_hms_opt(h, m, 0)
+                .unwrap()
+                .and_utc();
+            UNIX_EPOCH + Duration::from_secs(t.timestamp() as u64)
+        };
+        let file = |name: String, written: SystemTime, size: u64| RollupFile {
+            key: key.clone(),
+            path: PathBuf::from(name),
+            size,
+            modified: written,
+        };
+        let mut files = Vec::new();
+        for m in 0..60 {
+            files.push(file(format!("rollup-9-{m}.parquet"), at(1, 9, m), 100));
+        }
+        for m in 0..3 {
+            files.push(file(format!("rollup-10-{m}.parquet"), at(1, 10, m), 100));
+        }
+        files.push(file("rollup-big.parquet".into(), at(1, 9, 0), LARGE_FILE_BYTES));
+        files.push(file("compact-8.parquet".into(), at(1, 9, 10), 5000));
+        let groups = |now: SystemTime| -> Vec<usize> {
+            choose_rollups(files.clone(), now, &policy())
+                .iter()
+                .map(Vec::len)
+                .collect()
+        };
+        // Hour 09 is over at 10:00 and waits 10 minutes; hour 10 is not over.
+        assert_eq!(groups(at(1, 10, 9)), Vec::<usize>::new());
+        assert_eq!(groups(at(1, 10, 10)), vec![60]);
+        assert_eq!(groups(at(1, 12, 0)), vec![60]);
+        // Hour 10 has 3 files only: fewer than min_files.
+        assert_eq!(groups(at(1, 11, 10)), vec![60]);
+        // Once the day is over (plus 10 minutes): every small file of it.
+        assert_eq!(groups(at(2, 0, 9)), vec![60]);
+        assert_eq!(groups(at(2, 0, 10)), vec![64]);
     }
 }

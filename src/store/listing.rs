@@ -1,5 +1,6 @@
-//! The span files on disk: a walk of `spans/tenant=T/date=D/hour=H/*.parquet`
-//! that reads each file's partition from its directory names.
+//! The Parquet files on disk: a walk of `spans/tenant=T/date=D/hour=H/` and
+//! of `rollups/tenant=T/date=D/` that reads each file's partition from its
+//! directory names.
 //!
 //! Files being written have a hidden temp name and are skipped; directories
 //! that are not ours (foreign names, unparsable values) are skipped with a
@@ -8,18 +9,24 @@
 use std::path::{Path, PathBuf};
 
 use super::compaction;
-use super::partition::PartitionKey;
+use super::partition::{PartitionKey, RollupKey};
 use super::StoreError;
 
-/// One Parquet file of spans and the partition it belongs to.
+/// One Parquet file and the partition it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpanFile {
-    pub key: PartitionKey,
+pub struct PartitionFile<K> {
+    pub key: K,
     pub path: PathBuf,
     pub size: u64,
     /// Readers cache footers by path, size and this time.
     pub modified: std::time::SystemTime,
 }
+
+/// A file of spans, partitioned by tenant, date and hour.
+pub type SpanFile = PartitionFile<PartitionKey>;
+
+/// A file of rollup rows, partitioned by tenant and date.
+pub type RollupFile = PartitionFile<RollupKey>;
 
 /// Entries of `dir` whose name is `{prefix}=value`, with the value. A missing
 /// directory (never created, or removed while we walk) has none.
@@ -46,19 +53,19 @@ fn partition_dirs(dir: &Path, prefix: &str) -> Result<Vec<(String, PathBuf)>, St
     Ok(out)
 }
 
-/// The span files of one partition directory; hidden temp files and other
-/// names are not span files, and neither are the inputs of a finished
-/// compaction (see [`super::compaction`]).
-fn files_in(key: &PartitionKey, hour_dir: &Path) -> Result<Vec<SpanFile>, StoreError> {
-    let entries = match std::fs::read_dir(hour_dir) {
+/// The files of one partition directory; hidden temp files and other
+/// names are not ours, and neither are the inputs of a finished compaction
+/// (see [`super::compaction`]).
+fn files_in<K: Clone>(key: &K, dir: &Path) -> Result<Vec<PartitionFile<K>>, StoreError> {
+    let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::io(hour_dir, e)),
+        Err(e) => return Err(StoreError::io(dir, e)),
     };
     let mut names = Vec::new();
     let mut markers = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| StoreError::io(hour_dir, e))?;
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(output) = compaction::marker_output(&name) {
             markers.push((output.to_owned(), entry.path()));
@@ -79,14 +86,14 @@ fn files_in(key: &PartitionKey, hour_dir: &Path) -> Result<Vec<SpanFile>, StoreE
         if superseded.contains(&name) {
             continue;
         }
-        let path = hour_dir.join(&name);
+        let path = dir.join(&name);
         let (size, modified) = match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)),
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(StoreError::io(&path, e)),
         };
-        files.push(SpanFile {
+        files.push(PartitionFile {
             key: key.clone(),
             path,
             size,
@@ -120,9 +127,33 @@ pub(super) fn hour_dirs(data_dir: &Path) -> Result<Vec<(PartitionKey, PathBuf)>,
 
 /// Every span file under `data_dir/spans`, in path order.
 pub fn list_span_files(data_dir: &Path) -> Result<Vec<SpanFile>, StoreError> {
+    list(hour_dirs(data_dir)?)
+}
+
+/// Every rollup partition directory under `data_dir/rollups`, with its key.
+pub(super) fn rollup_dirs(data_dir: &Path) -> Result<Vec<(RollupKey, PathBuf)>, StoreError> {
+    let mut dirs = Vec::new();
+    for (tenant, tenant_dir) in partition_dirs(&data_dir.join("rollups"), "tenant")? {
+        for (date, date_dir) in partition_dirs(&tenant_dir, "date")? {
+            let Some(key) = RollupKey::from_dir_values(&tenant, &date) else {
+                tracing::debug!(path = %date_dir.display(), "unparsable partition; skipped");
+                continue;
+            };
+            dirs.push((key, date_dir));
+        }
+    }
+    Ok(dirs)
+}
+
+/// Every rollup file under `data_dir/rollups`, in path order.
+pub fn list_rollup_files(data_dir: &Path) -> Result<Vec<RollupFile>, StoreError> {
+    list(rollup_dirs(data_dir)?)
+}
+
+fn list<K: Clone>(dirs: Vec<(K, PathBuf)>) -> Result<Vec<PartitionFile<K>>, StoreError> {
     let mut files = Vec::new();
-    for (key, hour_dir) in hour_dirs(data_dir)? {
-        files.extend(files_in(&key, &hour_dir)?);
+    for (key, dir) in dirs {
+        files.extend(files_in(&key, &dir)?);
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
@@ -162,5 +193,24 @@ mod tests {
     fn a_missing_spans_dir_has_no_files() {
         let dir = tempfile::tempdir().unwrap();
         assert!(list_span_files(dir.path()).unwrap().is_empty());
+        assert!(list_rollup_files(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rollup_files_are_listed_with_tenant_and_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = RollupKey::from_dir_values("a%2Fb", "2024-03-05").unwrap();
+        assert_eq!(&*key.tenant, "a/b");
+        let part = key.dir(dir.path());
+        std::fs::create_dir_all(&part).unwrap();
+        std::fs::write(part.join("rollup-1.parquet"), b"xy").unwrap();
+        std::fs::write(part.join(".rollup-2.parquet.tmp"), b"x").unwrap();
+        std::fs::create_dir_all(dir.path().join("rollups/tenant=x/date=never")).unwrap();
+
+        let files = list_rollup_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(files[0].key, key);
+        assert_eq!(files[0].path, part.join("rollup-1.parquet"));
+        assert_eq!(files[0].size, 2);
     }
 }

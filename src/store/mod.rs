@@ -27,8 +27,8 @@ use arrow::record_batch::RecordBatch;
 use tokio::sync::Notify;
 
 pub use self::parquet::{wal_positions, ParquetWriter};
-pub use listing::{list_span_files, partition_files, SpanFile};
-pub use partition::PartitionKey;
+pub use listing::{list_rollup_files, list_span_files, partition_files, RollupFile, SpanFile};
+pub use partition::{PartitionKey, RollupKey};
 pub use rollups::RollupWriter;
 
 use crate::record::{SpanBatchBuilder, SpanRecord};

@@ -63,12 +63,46 @@ impl PartitionKey {
     }
 }
 
-/// Directory of a tenant's rollup files of one day: `rollups/tenant=T/date=D/`.
-pub fn rollup_dir(data_dir: &Path, tenant: &str, date: NaiveDate) -> PathBuf {
-    data_dir
-        .join("rollups")
-        .join(format!("tenant={}", escape(tenant)))
-        .join(format!("date={}", date.format("%Y-%m-%d")))
+/// The partition of a rollup row: `rollups/tenant=T/date=YYYY-MM-DD/`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RollupKey {
+    pub tenant: Arc<str>,
+    pub date: NaiveDate,
+}
+
+impl RollupKey {
+    /// The partition named by the values of a `tenant=/date=` path; `None`
+    /// if they are not ours.
+    pub fn from_dir_values(tenant: &str, date: &str) -> Option<Self> {
+        Some(RollupKey {
+            tenant: Arc::from(unescape(tenant)?),
+            date: NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?,
+        })
+    }
+
+    /// Unix nanoseconds of the first instant of this partition's day.
+    pub fn day_start_nanos(&self) -> i64 {
+        self.date
+            .and_hms_opt(0, 0, 0)
+            .and_then(|t| t.and_utc().timestamp_nanos_opt())
+            .unwrap_or(i64::MAX)
+    }
+
+    /// The values of the `tenant` and `date` columns.
+    pub fn column_values(&self) -> [String; 2] {
+        [
+            self.tenant.to_string(),
+            self.date.format("%Y-%m-%d").to_string(),
+        ]
+    }
+
+    /// Directory of this partition's rollup files under the data dir.
+    pub fn dir(&self, data_dir: &Path) -> PathBuf {
+        data_dir
+            .join("rollups")
+            .join(format!("tenant={}", escape(&self.tenant)))
+            .join(format!("date={}", self.date.format("%Y-%m-%d")))
+    }
 }
 
 /// Hive escaping: anything but `[A-Za-z0-9._-]` becomes `%XX`, so a tenant name

@@ -1,8 +1,10 @@
 //! Rollup files: closed aggregation cells, one file per (tenant, day) each
-//! time minutes close, under `rollups/tenant=T/date=D/`.
+//! time minutes close, under `rollups/tenant=T/date=D/`; merged later by
+//! [`super::compaction`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use chrono::NaiveDate;
@@ -10,7 +12,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::parquet::write_atomically;
-use super::partition::rollup_dir;
+use crate::aggregate::rollup::rollup_schema;
+use super::partition::RollupKey;
 use super::StoreError;
 
 pub struct RollupWriter {
@@ -32,6 +35,10 @@ impl RollupWriter {
         }
     }
 
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// A new file name for `tenant`'s rows of `date`, unique among the
     /// collectors sharing the data dir.
     pub fn path_for(&self, tenant: &str, date: NaiveDate) -> PathBuf {
@@ -40,20 +47,46 @@ impl RollupWriter {
             .unwrap_or_default()
             .as_millis();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        rollup_dir(&self.data_dir, tenant, date).join(format!(
+        let key = RollupKey {
+            tenant: Arc::from(tenant),
+            date,
+        };
+        key.dir(&self.data_dir).join(format!(
             "rollup-{millis}-{:016x}-{seq:06}.parquet",
+            self.instance
+        ))
+    }
+
+    /// A fresh name for a file merged from others by compaction.
+    pub(super) fn compacted_path_for(&self, key: &RollupKey) -> PathBuf {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        key.dir(&self.data_dir).join(format!(
+            "compact-{millis}-{:016x}-{seq:06}.parquet",
             self.instance
         ))
     }
 
     /// Writes one batch of rows to `path` (from [`RollupWriter::path_for`]).
     pub fn write(&self, path: &Path, batch: &RecordBatch) -> Result<(), StoreError> {
+        self.write_stream(path, [Ok(batch.clone())])
+    }
+
+    /// Writes rows, batch by batch, to `path`.
+    pub(super) fn write_stream(
+        &self,
+        path: &Path,
+        batches: impl IntoIterator<Item = Result<RecordBatch, StoreError>>,
+    ) -> Result<(), StoreError> {
         // Histograms are already compact varint encodings; zstd still helps
         // the runs of zero counts between them.
         let properties = WriterProperties::builder()
             .set_created_by(format!("llmtrace {}", env!("CARGO_PKG_VERSION")))
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
             .build();
-        write_atomically(path, batch.schema(), properties, [Ok(batch.clone())])
+        write_atomically(path, rollup_schema(), properties, batches)
     }
 }
