@@ -68,7 +68,9 @@ fn write_day(dir: &std::path::Path) {
         aggregator.record(&tenant, &calls, now, None);
         let rows = aggregator.close_due(now, None).rows;
         for (tenant, date, batch) in rollup::to_batches(&rows).unwrap() {
-            writer.write(&writer.path_for(&tenant, date), &batch).unwrap();
+            writer
+                .write(&writer.path_for(&tenant, date), &batch)
+                .unwrap();
         }
     }
 }
@@ -97,8 +99,13 @@ fn queries(c: &mut Criterion) {
         min_files: 4,
     };
     let started = std::time::Instant::now();
-    let done = compact_rollups(dir.path(), &RollupWriter::new(dir.path()), SystemTime::now(), &policy)
-        .unwrap();
+    let done = compact_rollups(
+        dir.path(),
+        &RollupWriter::new(dir.path()),
+        SystemTime::now(),
+        &policy,
+    )
+    .unwrap();
     eprintln!(
         "compacted {} files ({} rows) in {:?}",
         done.files,
@@ -107,8 +114,12 @@ fn queries(c: &mut Criterion) {
     );
     let after = answer();
     assert_eq!(
-        arrow::util::pretty::pretty_format_batches(&before).unwrap().to_string(),
-        arrow::util::pretty::pretty_format_batches(&after).unwrap().to_string(),
+        arrow::util::pretty::pretty_format_batches(&before)
+            .unwrap()
+            .to_string(),
+        arrow::util::pretty::pretty_format_batches(&after)
+            .unwrap()
+            .to_string(),
         "compaction changed the answer"
     );
     let files = list_rollup_files(dir.path()).unwrap().len();

@@ -196,14 +196,9 @@ impl UnaryService<AdmittedRequest> for Export {
         Box::pin(async move {
             let AdmittedRequest { request, admitted } = request.into_inner();
             let small = super::span_count(&request) <= super::INLINE_SPANS;
-            let outcome = super::run_cpu(small, move || {
-                let outcome = pipeline.export(&tenant, request);
-                drop(admitted);
-                outcome
-            })
-            .await
-            .map_err(|e| Status::internal(format!("internal error: {e}")))?
-            .map_err(export_status)?;
+            let outcome = pipeline.export(&tenant, request, small).await;
+            drop(admitted);
+            let outcome = outcome.map_err(export_status)?;
             let partial_success = (outcome.rejected > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: outcome.rejected as i64,
                 error_message: outcome.message,

@@ -272,7 +272,8 @@ async fn receive(
     let max_decompressed = state.max_decompressed_bytes;
     // Decoding and normalising is CPU work: a large body goes to the blocking
     // pool so it cannot stall the reactor.
-    super::run_cpu(raw.len() <= super::INLINE_BYTES, move || {
+    let small = raw.len() <= super::INLINE_BYTES;
+    let request = super::run_cpu(small, move || {
         let wire = raw.len();
         let bytes = body::decode(encoding.as_deref(), raw, max_decompressed)?;
         // The decoded request and its records, beside the body itself.
@@ -284,9 +285,7 @@ async fn receive(
             Format::Json => super::otlp_json::decode(&bytes)
                 .map_err(|e| Failure::bad_request(format!("invalid OTLP/JSON: {e}")))?,
         };
-        let outcome = pipeline.export(&tenant, request)?;
-        drop(admitted);
-        Ok(outcome)
+        Ok::<_, Failure>((request, admitted))
     })
     .await
     .unwrap_or_else(|e| {
@@ -296,7 +295,11 @@ async fn receive(
             message: format!("internal error: {e}"),
             retry_after: None,
         })
-    })
+    });
+    let (request, admitted) = request?;
+    let outcome = pipeline.export(&tenant, request, small).await?;
+    drop(admitted);
+    Ok(outcome)
 }
 
 /// Reads and discards a body, up to `limit` bytes.

@@ -41,12 +41,8 @@ const FLUSH_EARLY_BYTES: usize = 16 << 20;
 
 /// Runs CPU work of a request: inline when `small`, else on the blocking pool.
 ///
-/// An export with `wal.fsync = "always"` waits for its fsync on the async
-/// worker. Handing those to the blocking pool measured worse, not better:
-/// 88K instead of 126K spans per CPU-second and more resident memory, as
-/// every pool thread keeps its own allocator cache (BENCHMARKS.md). A log
-/// writer thread that answers appends asynchronously is the way to take the
-/// wait off the workers.
+/// Waiting for the log's fsync is not CPU work: [`Pipeline::export`] awaits
+/// it (a log writer thread does the write), so no worker sits in an fsync.
 pub async fn run_cpu<T: Send + 'static>(
     small: bool,
     work: impl FnOnce() -> T + Send + 'static,
@@ -77,6 +73,8 @@ pub enum IngestError {
     Wal(#[from] WalError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The buffer, or the memory of requests in flight, holds as much as it
     /// may until a flush or a finished request frees some.
     #[error("overloaded: {held} bytes {what} (limit {limit}); retry after {}", humantime::format_duration(*.retry_after))]
@@ -304,10 +302,31 @@ impl Pipeline {
 
     /// Normalises, logs and buffers a request of `tenant`. When this returns
     /// Ok the accepted spans are acknowledged: they will reach Parquet.
-    pub fn export(
-        &self,
+    ///
+    /// The request is queued for the log first and normalised while the log
+    /// writes it; a `small` one on the calling worker, others on the blocking
+    /// pool (see [`run_cpu`]).
+    ///
+    /// Runs as a task of its own: a client that goes away while its request
+    /// waits for the log does not stop it halfway, with the request logged
+    /// (and replayed after a crash) but never buffered.
+    pub async fn export(
+        self: &Arc<Self>,
         tenant: &Arc<str>,
         request: ExportTraceServiceRequest,
+        small: bool,
+    ) -> Result<ExportOutcome, IngestError> {
+        let (this, tenant) = (self.clone(), tenant.clone());
+        tokio::spawn(async move { this.export_now(&tenant, request, small).await })
+            .await
+            .map_err(|e| IngestError::Internal(e.to_string()))?
+    }
+
+    async fn export_now(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        request: ExportTraceServiceRequest,
+        small: bool,
     ) -> Result<ExportOutcome, IngestError> {
         // Refused before anything is logged or buffered: the client keeps the
         // spans and retries, and memory stays bounded whatever the load.
@@ -323,15 +342,26 @@ impl Pipeline {
         // Logged as received: replay runs the same validation again. The
         // ticket keeps the log from being truncated past this request until
         // its spans are in the buffer.
-        let (position, _ticket) = match &self.wal {
-            Some(log) => {
-                let ticket = self.in_flight.begin(log.end());
-                (Some(log.append(tenant, &request)?), Some(ticket))
-            }
-            None => (None, None),
-        };
+        let ticket = self.wal.as_ref().map(|log| self.in_flight.begin(log.end()));
         let now = SystemTime::now();
-        let mut normalised = normalise::normalise(request, &self.limits, &self.prices, now);
+        let work = {
+            let (this, tenant) = (self.clone(), tenant.clone());
+            move || -> Result<_, IngestError> {
+                let submitted = match &this.wal {
+                    Some(log) => Some(log.submit(&tenant, &request)?),
+                    None => None,
+                };
+                let normalised = normalise::normalise(request, &this.limits, &this.prices, now);
+                Ok((submitted, normalised))
+            }
+        };
+        let (submitted, mut normalised) = run_cpu(small, work)
+            .await
+            .map_err(|e| IngestError::Internal(e.to_string()))??;
+        let position = match submitted {
+            Some(submitted) => Some(submitted.written().await.map_err(WalError::from)?),
+            None => None,
+        };
         self.response_ids.dedup(&mut normalised.records);
         if !normalised.records.is_empty() {
             self.store
@@ -343,6 +373,7 @@ impl Pipeline {
             self.aggregator
                 .record(tenant, &normalised.records, now_nanos, position);
         }
+        drop(ticket);
         let llm_calls = normalised
             .records
             .iter()

@@ -7,8 +7,8 @@
 
 pub mod format;
 mod hdr_udf;
-pub mod reports;
 mod partitions;
+pub mod reports;
 mod rollups_table;
 mod spans_table;
 mod udf;

@@ -216,7 +216,9 @@ impl TableProvider for SpansTable {
             .iter()
             .zip(keep_files)
             .filter(|(_, k)| **k)
-            .map(|(f, _)| partitioned_file(&f.path, f.size, f.modified, f.key.column_values().to_vec()))
+            .map(|(f, _)| {
+                partitioned_file(&f.path, f.size, f.modified, f.key.column_values().to_vec())
+            })
             .collect::<Result<Vec<_>>>()?;
         let batches: Vec<(PartitionKey, RecordBatch)> = snapshot
             .batches

@@ -246,7 +246,11 @@ fn same_columns(file: &arrow::datatypes::Schema, schema: &arrow::datatypes::Sche
 /// The rollup files due for compaction, in groups to merge: per partition,
 /// the small files written in one clock hour once it is over plus
 /// `policy.after`, or all small files once the day is.
-fn choose_rollups(files: Vec<RollupFile>, now: SystemTime, policy: &Policy) -> Vec<Vec<RollupFile>> {
+fn choose_rollups(
+    files: Vec<RollupFile>,
+    now: SystemTime,
+    policy: &Policy,
+) -> Vec<Vec<RollupFile>> {
     const HOUR: Duration = Duration::from_secs(3600);
     let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let now = since_epoch(now);
@@ -261,7 +265,10 @@ fn choose_rollups(files: Vec<RollupFile>, now: SystemTime, policy: &Policy) -> V
             continue;
         }
         if day_over(&file.key) {
-            groups.entry((file.key.clone(), None)).or_default().push(file);
+            groups
+                .entry((file.key.clone(), None))
+                .or_default()
+                .push(file);
             continue;
         }
         // Merged files of the day wait for the day's end.
@@ -271,7 +278,10 @@ fn choose_rollups(files: Vec<RollupFile>, now: SystemTime, policy: &Policy) -> V
         }
         let hour = since_epoch(file.modified).as_secs() / 3600;
         if Duration::from_secs((hour + 1) * 3600) + policy.after <= now {
-            groups.entry((file.key.clone(), Some(hour))).or_default().push(file);
+            groups
+                .entry((file.key.clone(), Some(hour)))
+                .or_default()
+                .push(file);
         }
     }
     groups
@@ -283,7 +293,10 @@ fn choose_rollups(files: Vec<RollupFile>, now: SystemTime, policy: &Policy) -> V
 /// Merges `inputs` (rollup files of one partition) into one new file and
 /// removes them. `None` when an input is not a rollup file of the current
 /// schema.
-fn merge_rollups(writer: &RollupWriter, inputs: &[RollupFile]) -> Result<Option<usize>, StoreError> {
+fn merge_rollups(
+    writer: &RollupWriter,
+    inputs: &[RollupFile],
+) -> Result<Option<usize>, StoreError> {
     let Some(first) = inputs.first() else {
         return Ok(None);
     };
@@ -412,8 +425,8 @@ mod tests {
     use super::*;
     use crate::record::SpanRecord;
     use crate::store::{wal_positions, SpanSnapshot};
-    use chrono::Datelike;
     use crate::wal::WalPosition;
+    use chrono::Datelike;
 
     /// 2023-11-14T22:13:20Z: long settled.
     const OLD: i64 = 1_700_000_000_000_000_000;
@@ -672,7 +685,9 @@ mod tests {
                 correction: false,
             });
             for (tenant, date, batch) in crate::aggregate::rollup::to_batches(&[row]).unwrap() {
-                writer.write(&writer.path_for(&tenant, date), &batch).unwrap();
+                writer
+                    .write(&writer.path_for(&tenant, date), &batch)
+                    .unwrap();
             }
         }
     }
@@ -711,7 +726,10 @@ mod tests {
         assert_eq!(files.len(), 1);
         let name = files[0].path.file_name().unwrap().to_string_lossy();
         assert!(name.starts_with("compact-"), "{name}");
-        assert_eq!(names_in(files[0].path.parent().unwrap()), vec![name.to_string()]);
+        assert_eq!(
+            names_in(files[0].path.parent().unwrap()),
+            vec![name.to_string()]
+        );
         assert_eq!(rollup_totals(dir.path()).await, before);
 
         // Nothing left to do.
@@ -767,7 +785,11 @@ mod tests {
         for m in 0..3 {
             files.push(file(format!("rollup-10-{m}.parquet"), at(1, 10, m), 100));
         }
-        files.push(file("rollup-big.parquet".into(), at(1, 9, 0), LARGE_FILE_BYTES));
+        files.push(file(
+            "rollup-big.parquet".into(),
+            at(1, 9, 0),
+            LARGE_FILE_BYTES,
+        ));
         files.push(file("compact-8.parquet".into(), at(1, 9, 10), 5000));
         let groups = |now: SystemTime| -> Vec<usize> {
             choose_rollups(files.clone(), now, &policy())

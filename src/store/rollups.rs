@@ -12,9 +12,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::parquet::write_atomically;
-use crate::aggregate::rollup::rollup_schema;
 use super::partition::RollupKey;
 use super::StoreError;
+use crate::aggregate::rollup::rollup_schema;
 
 pub struct RollupWriter {
     data_dir: PathBuf,

@@ -36,7 +36,7 @@ pub enum WalError {
     },
 }
 
-pub use segment::{FsyncPolicy, WalOptions, WalPosition};
+pub use segment::{FsyncPolicy, Submitted, WalOptions, WalPosition};
 
 /// One request read back at start: what was acknowledged but may not have
 /// reached Parquet.
@@ -111,6 +111,24 @@ impl Log {
         Ok(self
             .wal
             .append(&encode_entry(sequence, tenant, now, request))?)
+    }
+
+    /// Queues one accepted request without waiting for the write; await
+    /// [`Submitted::written`] before acknowledging it.
+    pub fn submit(
+        &self,
+        tenant: &str,
+        request: &ExportTraceServiceRequest,
+    ) -> Result<Submitted, WalError> {
+        let sequence = self
+            .sequence
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        Ok(self
+            .wal
+            .submit(&encode_entry(sequence, tenant, now, request))?)
     }
 
     /// A lower bound of the position of any record appended from now on.

@@ -39,9 +39,12 @@
 //! Uncontended, an append costs a few uncontended mutex acquisitions plus the
 //! I/O, with no hand-off to another thread.
 //!
-//! From async code call it through `tokio::task::spawn_blocking`: a tokio
-//! worker blocked in an fsync stalls every task on it, and group commit batches
-//! only as many appenders as there are threads blocked in `append` at once.
+//! Async code calls [`Wal::submit`] instead and awaits [`Submitted::written`]:
+//! the record joins the queue without blocking, and under `Always` a log
+//! writer thread leads the writes, so no tokio worker waits in an fsync and
+//! a batch holds every record submitted meanwhile, however few threads the
+//! runtime has. Under `Interval` and `Never` a write is a `write(2)` only,
+//! and `submit` does it at once, as `append` would.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -193,11 +196,42 @@ impl WalError {
 pub struct Wal {
     inner: Arc<Inner>,
     syncer: Option<Syncer>,
+    /// Leads the writes of submitted records under `Always`.
+    writer: Option<JoinHandle<()>>,
 }
 
 struct Syncer {
     stop: mpsc::Sender<()>,
     thread: JoinHandle<()>,
+}
+
+/// A record queued by [`Wal::submit`].
+pub struct Submitted {
+    slot: Arc<BatchSlot>,
+    /// Offset of the record in its batch.
+    rel: u64,
+}
+
+impl Submitted {
+    /// The record's position once it is durable per the fsync policy; an
+    /// error as for [`Wal::append`].
+    pub async fn written(self) -> Result<WalPosition, WalError> {
+        let written = self.slot.written.notified();
+        tokio::pin!(written);
+        loop {
+            // Registered before the check: a result published in between
+            // still wakes this task.
+            written.as_mut().enable();
+            if let Some(result) = self.slot.result.get() {
+                return result.clone().map(|(segment, base)| WalPosition {
+                    segment,
+                    offset: base + self.rel,
+                });
+            }
+            written.as_mut().await;
+            written.set(self.slot.written.notified());
+        }
+    }
 }
 
 struct Inner {
@@ -240,12 +274,24 @@ struct Queue {
     spare: Vec<u8>,
     /// A leader is writing; new records wait for the next batch.
     writing: bool,
+    /// The log is being dropped: the writer thread writes what is queued
+    /// and exits.
+    closing: bool,
 }
 
 #[derive(Default)]
 struct BatchSlot {
     /// `(segment, offset of the batch's first byte)` once written.
     result: OnceLock<Result<(u64, u64), WalError>>,
+    /// Wakes the async appenders of the batch once `result` is set.
+    written: tokio::sync::Notify,
+}
+
+impl BatchSlot {
+    fn publish(&self, result: Result<(u64, u64), WalError>) {
+        let _ = self.result.set(result);
+        self.written.notify_waiters();
+    }
 }
 
 /// Batches above this size do not keep their buffer as the spare.
@@ -491,6 +537,7 @@ impl Wal {
                 slot: Arc::default(),
                 spare: Vec::new(),
                 writing: false,
+                closing: false,
             }),
             queue_changed: Condvar::new(),
             writer: Mutex::new(writer),
@@ -515,9 +562,17 @@ impl Wal {
             FsyncPolicy::Interval(every) => Some(spawn_syncer(Arc::clone(&inner), every)?),
             _ => None,
         };
+        let writer = match inner.options.fsync {
+            FsyncPolicy::Always => Some(spawn_writer(Arc::clone(&inner))?),
+            _ => None,
+        };
         let max_record = inner.options.max_record_size;
         Ok((
-            Wal { inner, syncer },
+            Wal {
+                inner,
+                syncer,
+                writer,
+            },
             Replay {
                 segments: replay,
                 current: None,
@@ -535,6 +590,52 @@ impl Wal {
     /// failure was an fsync whose data did reach the disk it may be:
     /// replay is at-least-once for failed appends.
     pub fn append(&self, payload: &[u8]) -> Result<WalPosition, WalError> {
+        let (mut queue, slot, rel) = self.enqueue(payload)?;
+        loop {
+            if let Some(result) = slot.result.get() {
+                return result.clone().map(|(segment, base)| WalPosition {
+                    segment,
+                    offset: base + rel,
+                });
+            }
+            // Our slot is still the queued one (the batch in flight has a
+            // different slot), so whoever leads next writes our record.
+            queue = if queue.writing {
+                self.inner
+                    .queue_changed
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner)
+            } else {
+                self.inner.lead(queue)
+            };
+        }
+    }
+
+    /// Queues one record without waiting for it to be written; await
+    /// [`Submitted::written`] for its position. Under `Interval` and `Never`
+    /// the record is written before this returns (a `write(2)`, no fsync).
+    pub fn submit(&self, payload: &[u8]) -> Result<Submitted, WalError> {
+        if self.writer.is_none() {
+            let position = self.append(payload)?;
+            let slot = BatchSlot::default();
+            slot.publish(Ok((position.segment, position.offset)));
+            return Ok(Submitted {
+                slot: Arc::new(slot),
+                rel: 0,
+            });
+        }
+        let (queue, slot, rel) = self.enqueue(payload)?;
+        drop(queue);
+        self.inner.queue_changed.notify_all();
+        Ok(Submitted { slot, rel })
+    }
+
+    /// Adds a record to the queued batch; returns the queue (still locked),
+    /// the batch's slot and the record's offset in the batch.
+    fn enqueue(
+        &self,
+        payload: &[u8],
+    ) -> Result<(MutexGuard<'_, Queue>, Arc<BatchSlot>, u64), WalError> {
         if payload.is_empty() {
             return Err(WalError::EmptyRecord);
         }
@@ -554,24 +655,7 @@ impl Wal {
         queue.pending_last = rel;
         queue.pending_records += 1;
         let slot = Arc::clone(&queue.slot);
-        loop {
-            if let Some(result) = slot.result.get() {
-                return result.clone().map(|(segment, base)| WalPosition {
-                    segment,
-                    offset: base + rel,
-                });
-            }
-            // Our slot is still the queued one (the batch in flight has a
-            // different slot), so whoever leads next writes our record.
-            queue = if queue.writing {
-                self.inner
-                    .queue_changed
-                    .wait(queue)
-                    .unwrap_or_else(PoisonError::into_inner)
-            } else {
-                self.inner.lead(queue)
-            };
-        }
+        Ok((queue, slot, rel))
     }
 
     /// Seals the active segment and starts a new one, so that
@@ -684,6 +768,13 @@ impl Wal {
 
 impl Drop for Wal {
     fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            self.inner.lock_queue().closing = true;
+            self.inner.queue_changed.notify_all();
+            if writer.join().is_err() {
+                tracing::error!("write-ahead log writer thread panicked");
+            }
+        }
         if let Some(syncer) = self.syncer.take() {
             drop(syncer.stop);
             if syncer.thread.join().is_err() {
@@ -709,7 +800,7 @@ impl Drop for LeaderGuard<'_> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
             let mut queue = self.inner.lock_queue();
-            let _ = slot.result.set(Err(WalError::WriterPanicked));
+            slot.publish(Err(WalError::WriterPanicked));
             queue.writing = false;
             self.inner.queue_changed.notify_all();
         }
@@ -757,7 +848,7 @@ impl Inner {
 
         let mut queue = self.lock_queue();
         if let Some(slot) = guard.slot.take() {
-            let _ = slot.result.set(result);
+            slot.publish(result);
         }
         queue.writing = false;
         if batch.capacity() <= SPARE_KEEP && queue.spare.capacity() < batch.capacity() {
@@ -920,6 +1011,30 @@ fn spawn_syncer(inner: Arc<Inner>, every: Duration) -> Result<Syncer, WalError> 
         })
         .map_err(|e| WalError::io("start the sync thread for", &dir, e))?;
     Ok(Syncer { stop, thread })
+}
+
+/// The thread that leads the writes of submitted records: it sleeps until
+/// records are queued and no write is in flight, then writes them all.
+fn spawn_writer(inner: Arc<Inner>) -> Result<JoinHandle<()>, WalError> {
+    let dir = inner.dir.clone();
+    std::thread::Builder::new()
+        .name("wal-writer".into())
+        .spawn(move || {
+            let mut queue = inner.lock_queue();
+            loop {
+                if queue.pending_records > 0 && !queue.writing {
+                    queue = inner.lead(queue);
+                } else if queue.closing && !queue.writing {
+                    return;
+                } else {
+                    queue = inner
+                        .queue_changed
+                        .wait(queue)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        })
+        .map_err(|e| WalError::io("start the writer thread for", &dir, e))
 }
 
 /// Segment sequence numbers in `dir`, ascending; other files are ignored.

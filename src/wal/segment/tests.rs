@@ -687,3 +687,83 @@ fn the_log_can_be_shared_across_threads() {
     sent::<Replay>();
     shared::<WalError>();
 }
+
+#[test]
+fn submitted_records_are_written_by_the_writer_thread_in_shared_fsyncs() {
+    const TASKS: usize = 64;
+    const PER_TASK: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(1 << 20, FsyncPolicy::Always);
+    let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+    let wal = Arc::new(wal);
+    // One runtime thread: without the writer thread, every record would
+    // wait for a write and fsync of its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let positions: Vec<Vec<WalPosition>> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let wal = Arc::clone(&wal);
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    for i in 0..PER_TASK {
+                        let submitted = wal.submit(format!("{t}/{i}").as_bytes()).unwrap();
+                        mine.push(submitted.written().await.unwrap());
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.push(t.await.unwrap());
+        }
+        all
+    });
+    let total = (TASKS * PER_TASK) as u64;
+    let stats = wal.stats();
+    assert_eq!(stats.records, total);
+    assert!(
+        stats.syncs * 4 < total,
+        "writes share fsyncs: {} fsyncs for {total} records",
+        stats.syncs
+    );
+    drop(wal);
+
+    let (_wal, replay) = Wal::open(dir.path(), opts).unwrap();
+    let records = replay_all(replay);
+    assert_eq!(records.len() as u64, total);
+    for r in &records {
+        let text = String::from_utf8_lossy(&r.payload);
+        let (t, i) = text.split_once('/').unwrap();
+        let (t, i): (usize, usize) = (t.parse().unwrap(), i.parse().unwrap());
+        assert_eq!(positions[t][i], r.position, "{text}");
+    }
+}
+
+#[test]
+fn records_submitted_before_the_log_is_dropped_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(1 << 20, FsyncPolicy::Always);
+    let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+    let submitted: Vec<Submitted> = (0..100).map(|i| wal.submit(&payload(i)).unwrap()).collect();
+    drop(wal);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let positions: Vec<WalPosition> = runtime.block_on(async {
+        let mut out = Vec::new();
+        for s in submitted {
+            out.push(s.written().await.unwrap());
+        }
+        out
+    });
+    let (_wal, replay) = Wal::open(dir.path(), opts).unwrap();
+    let records = replay_all(replay);
+    assert_eq!(records.len(), 100);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.payload, payload(i));
+        assert_eq!(r.position, positions[i]);
+    }
+}
