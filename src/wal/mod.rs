@@ -3,8 +3,9 @@
 //! acknowledged. At start the log is replayed through the same validation,
 //! so spans rejected the first time are rejected again.
 //!
-//! Truncation follows the buffer: the log forgets a record once no buffered,
-//! in-flight or being-written span comes from it. A crash can still fall
+//! Truncation follows the buffer and the rollups: the log forgets a record
+//! once no buffered, in-flight or being-written span comes from it, and no
+//! rollup row still open counts one of its calls (see [`RollupMark`]). A crash can still fall
 //! between the files of one record (its spans in two hours); each span file
 //! names the log records it holds, so replay skips the partitions already
 //! written and nothing is stored twice.
@@ -94,23 +95,6 @@ impl Log {
             },
             entries,
         ))
-    }
-
-    /// Logs one accepted request; blocks until it is durable per the policy.
-    pub fn append(
-        &self,
-        tenant: &str,
-        request: &ExportTraceServiceRequest,
-    ) -> Result<WalPosition, WalError> {
-        let sequence = self
-            .sequence
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
-        Ok(self
-            .wal
-            .append(&encode_entry(sequence, tenant, now, request))?)
     }
 
     /// Queues one accepted request without waiting for the write; await
