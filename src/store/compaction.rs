@@ -331,11 +331,26 @@ pub fn compact_rollups(
     now: SystemTime,
     policy: &Policy,
 ) -> Result<Compacted, StoreError> {
+    let chosen = choose_rollups(list_rollup_files(data_dir)?, now, policy);
+    let dir = |k: &RollupKey| k.dir(Path::new(""));
+    Ok(merge_each(chosen, "rollup", dir, |inputs| {
+        merge_rollups(writer, inputs)
+    }))
+}
+
+/// Merges each group of files with `merge`, logging each outcome; a group
+/// that fails stays as it was and the next one goes on.
+fn merge_each<K>(
+    groups: Vec<Vec<PartitionFile<K>>>,
+    what: &str,
+    dir: impl Fn(&K) -> PathBuf,
+    mut merge: impl FnMut(&[PartitionFile<K>]) -> Result<Option<usize>, StoreError>,
+) -> Compacted {
     let mut done = Compacted::default();
-    for inputs in choose_rollups(list_rollup_files(data_dir)?, now, policy) {
+    for inputs in groups {
         let started = std::time::Instant::now();
-        let partition = inputs[0].key.dir(Path::new("")).display().to_string();
-        match merge_rollups(writer, &inputs) {
+        let partition = dir(&inputs[0].key).display().to_string();
+        match merge(&inputs) {
             Ok(Some(rows)) => {
                 done.partitions += 1;
                 done.files += inputs.len();
@@ -345,16 +360,16 @@ pub fn compact_rollups(
                     files = inputs.len(),
                     rows,
                     elapsed_ms = started.elapsed().as_millis() as u64,
-                    "compacted rollup files"
+                    "compacted {what} files"
                 );
             }
             Ok(None) => {}
             Err(error) => {
-                tracing::error!(%error, %partition, "rollup compaction failed; the files stay as they were");
+                tracing::error!(%error, %partition, "{what} compaction failed; the files stay as they were");
             }
         }
     }
-    Ok(done)
+    done
 }
 
 /// A batch read back, under the table's schema itself (the writer compares
@@ -389,29 +404,8 @@ impl Store {
         };
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut done = Compacted::default();
-            for inputs in chosen {
-                let started = std::time::Instant::now();
-                match merge(&this.writer, &inputs) {
-                    Ok(Some(rows)) => {
-                        done.partitions += 1;
-                        done.files += inputs.len();
-                        done.rows += rows;
-                        tracing::info!(
-                            partition = %inputs[0].key.dir(Path::new("")).display(),
-                            files = inputs.len(),
-                            rows,
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "compacted span files"
-                        );
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::error!(%error, partition = %inputs[0].key.dir(Path::new("")).display(), "compaction failed; the files stay as they were");
-                    }
-                }
-            }
-            done
+            let dir = |k: &PartitionKey| k.dir(Path::new(""));
+            merge_each(chosen, "span", dir, |inputs| merge(&this.writer, inputs))
         })
         .await
         .map_err(|e| StoreError::io(&self.data_dir, std::io::Error::other(e)))

@@ -142,15 +142,9 @@ impl ParquetWriter {
     }
 
     fn fresh_path(&self, key: &PartitionKey, prefix: &str) -> PathBuf {
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        key.dir(&self.data_dir).join(format!(
-            "{prefix}-{millis}-{:016x}-{seq:06}.parquet",
-            self.instance
-        ))
+        key.dir(&self.data_dir)
+            .join(fresh_name(prefix, self.instance, seq))
     }
 
     /// Writes `batches` as the file `path` (from [`ParquetWriter::path_for`]),
@@ -193,6 +187,16 @@ impl ParquetWriter {
 /// rename. Once the file is renamed into place the write counts as done: it
 /// is visible to every reader, so reporting a failure then would have the
 /// caller write the same rows again.
+/// `{prefix}-{unix ms}-{instance}-{seq}.parquet`: unique among the collectors
+/// sharing a data dir (each has its own random instance), and in time order.
+pub(super) fn fresh_name(prefix: &str, instance: u64, seq: u64) -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    format!("{prefix}-{millis}-{instance:016x}-{seq:06}.parquet")
+}
+
 pub(super) fn write_atomically(
     path: &Path,
     schema: arrow::datatypes::SchemaRef,

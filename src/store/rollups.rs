@@ -11,7 +11,7 @@ use chrono::NaiveDate;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::parquet::write_atomically;
+use super::parquet::{fresh_name, write_atomically};
 use super::partition::RollupKey;
 use super::StoreError;
 use crate::aggregate::rollup::rollup_schema;
@@ -42,32 +42,22 @@ impl RollupWriter {
     /// A new file name for `tenant`'s rows of `date`, unique among the
     /// collectors sharing the data dir.
     pub fn path_for(&self, tenant: &str, date: NaiveDate) -> PathBuf {
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let key = RollupKey {
             tenant: Arc::from(tenant),
             date,
         };
-        key.dir(&self.data_dir).join(format!(
-            "rollup-{millis}-{:016x}-{seq:06}.parquet",
-            self.instance
-        ))
+        self.fresh_path(&key, "rollup")
     }
 
     /// A fresh name for a file merged from others by compaction.
     pub(super) fn compacted_path_for(&self, key: &RollupKey) -> PathBuf {
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
+        self.fresh_path(key, "compact")
+    }
+
+    fn fresh_path(&self, key: &RollupKey, prefix: &str) -> PathBuf {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        key.dir(&self.data_dir).join(format!(
-            "compact-{millis}-{:016x}-{seq:06}.parquet",
-            self.instance
-        ))
+        key.dir(&self.data_dir)
+            .join(fresh_name(prefix, self.instance, seq))
     }
 
     /// Writes one batch of rows to `path` (from [`RollupWriter::path_for`]).
