@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::aggregate::mark::{self, RollupMark};
 use crate::aggregate::{rollup, Aggregator, Closed, Rollup};
 use crate::alert::notify::{Deliverer, DelivererOptions, Origin};
 use crate::alert::sources::LiveSource;
@@ -21,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::pricing::PriceBook;
 use crate::query::QueryEngine;
 use crate::store::{RollupWriter, Store, StoreError};
-use crate::wal::{Log, RollupMark, WalPosition};
+use crate::wal::{Log, WalPosition};
 
 /// HTTP/2 flow-control windows of the gRPC receiver.
 const GRPC_STREAM_WINDOW: u32 = 4 << 20;
@@ -97,22 +98,24 @@ impl RollupSink {
         self.write(aggregator.close_due(now, before), before);
     }
 
-    /// Writes `closed` rows, then the mark that says the log's spans
+    /// Writes `closed` rows, then the mark that says the logged requests
     /// before `aggregated_before` (read before the rows were closed) are
-    /// counted; see [`RollupMark`].
+    /// counted, in those rows or in the cells left open; see [`RollupMark`].
     fn write(&mut self, closed: Closed, aggregated_before: Option<WalPosition>) {
         self.pending.extend(closed.rows);
         let mark = aggregated_before.map(|before| RollupMark {
+            sequence: self.mark.as_ref().map_or(1, |m| m.sequence + 1),
             aggregated_before: before,
             aggregated_since: closed.aggregated_since,
             closed_until: closed.closed_until.unwrap_or(i64::MIN),
-            replay_from: closed.open_from.map_or(before, |open| open.min(before)),
+            open: closed.open,
         });
         let log = match (&self.log, mark) {
             (Some((log, _)), Some(mark)) => Some((log.clone(), mark)),
             _ => None,
         };
-        if !self.pending.is_empty() && !self.write_rows(log.as_ref()) {
+        let rows = !self.pending.is_empty();
+        if rows && !self.write_rows(log.as_ref()) {
             // The rows stay in memory for the next tick; the mark stays
             // where it was, and the log keeps their spans.
             return;
@@ -120,12 +123,19 @@ impl RollupSink {
         let (Some((log, mark)), Some((_, pipeline))) = (log, &self.log) else {
             return;
         };
-        if self.mark.as_ref() == Some(&mark) {
+        let unchanged = self.mark.as_ref().is_some_and(|last| {
+            RollupMark {
+                sequence: mark.sequence,
+                ..last.clone()
+            } == mark
+        });
+        // Rows written under an intent need their mark to commit them.
+        if unchanged && !rows {
             return;
         }
-        match log.write_rollup_mark(&mark) {
+        match mark.write(log.dir()) {
             Ok(()) => {
-                pipeline.set_rollup_floor(Some(mark.replay_from));
+                pipeline.set_rollup_floor(Some(mark.aggregated_before));
                 self.mark = Some(mark);
             }
             Err(error) => {
@@ -152,7 +162,7 @@ impl RollupSink {
             .map(|p| std::path::absolute(&p).unwrap_or(p))
             .collect();
         if let Some((log, mark)) = log {
-            if let Err(error) = log.intend_rollups(mark, &files) {
+            if let Err(error) = mark.intend(log.dir(), &files) {
                 tracing::error!(%error, "cannot record the rollup files about to be written; retrying at the next tick");
                 self.metrics.rollups_written(0, true);
                 return false;
@@ -176,7 +186,7 @@ impl RollupSink {
                         }
                     }
                     if let (Some((log, _)), true) = (log, undone) {
-                        if let Err(error) = log.abandon_rollups() {
+                        if let Err(error) = mark::remove_intent(log.dir()) {
                             tracing::warn!(%error, "cannot remove the rollup intent file");
                         }
                     }
@@ -209,11 +219,11 @@ fn replay(
 ) -> Result<(), ServeError> {
     use std::collections::{HashMap, HashSet};
     if let Some(mark) = mark {
-        aggregator.resume(mark.closed_until);
+        aggregator.restore(mark)?;
     }
     // The records replayed stay in the log until rollups count them.
     pipeline.set_rollup_floor(match mark {
-        Some(mark) => Some(mark.replay_from),
+        Some(mark) => Some(mark.aggregated_before),
         None => replayed.first().map(|r| r.position),
     });
     if replayed.is_empty() {
@@ -362,7 +372,8 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         aggregator.clone(),
         metrics.clone(),
     ));
-    let mark = log.as_ref().and_then(|l| l.rollup_mark().cloned());
+    // Also removes rollup rows a crash left written without their mark.
+    let mark = log.as_ref().and_then(|l| RollupMark::recover(l.dir()));
     replay(
         &pipeline,
         &aggregator,

@@ -160,6 +160,37 @@ impl LiveCell {
         self.digits
     }
 
+    /// A cell holding what a rollup row holds, to be filled further.
+    pub fn from_row(row: &super::Rollup, digits: u8) -> Result<Self, HdrError> {
+        Ok(LiveCell {
+            counters: row.counters.clone(),
+            latency: Recorder::Many(hdr::decode(&row.latency)?),
+            ttft: row
+                .ttft
+                .as_deref()
+                .map(|t| hdr::decode(t).map(Recorder::Many))
+                .transpose()?,
+            digits,
+        })
+    }
+
+    /// Adds `other`'s counters and values.
+    pub fn merge(&mut self, other: &LiveCell) -> Result<(), HdrError> {
+        self.counters.add(&other.counters);
+        let mut latency = self.latency.histogram(self.digits)?;
+        other.latency.add_to(&mut latency)?;
+        self.latency = Recorder::Many(latency);
+        if let Some(t) = &other.ttft {
+            let mut ttft = match &self.ttft {
+                Some(mine) => mine.histogram(self.digits)?,
+                None => hdr::new_histogram(self.digits)?,
+            };
+            t.add_to(&mut ttft)?;
+            self.ttft = Some(Recorder::Many(ttft));
+        }
+        Ok(())
+    }
+
     pub fn record(&mut self, r: &SpanRecord, llm: &LlmFacts) {
         self.counters.record(r, llm);
         self.latency.record(r.duration_ms(), self.digits);

@@ -15,6 +15,7 @@
 pub mod cell;
 pub mod hdr;
 pub mod key;
+pub mod mark;
 pub mod prometheus;
 pub mod rollup;
 
@@ -72,9 +73,6 @@ struct OpenCell {
     cell: LiveCell,
     /// Opened after its minute had closed: the rollup row is a correction.
     correction: bool,
-    /// The log record of the cell's first span, if logged: the log keeps
-    /// it until the cell is written (see `wal::RollupMark`).
-    logged_from: Option<WalPosition>,
 }
 
 /// What one close handed out, and what it leaves open.
@@ -83,8 +81,9 @@ pub struct Closed {
     pub rows: Vec<Arc<Rollup>>,
     /// Minutes ending at or before this (unix ns) have been closed.
     pub closed_until: Option<i64>,
-    /// The earliest log record of a span still in an open cell.
-    pub open_from: Option<WalPosition>,
+    /// The cells left open, as rows, when the close was given an
+    /// `aggregated_before` (for the rollup mark, see [`mark`]).
+    pub open: Vec<Arc<Rollup>>,
     /// Log records at or after the `aggregated_before` given to the close
     /// whose LLM calls were aggregated before it anyway (requests finish
     /// out of log order), ascending.
@@ -150,15 +149,31 @@ impl Aggregator {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Continues after a restart that found minutes up to `closed_until`
-    /// written: their late spans become corrections, as before the restart.
-    pub fn resume(&self, closed_until: i64) {
+    /// Continues where the run that wrote `mark` left off: its open cells
+    /// open again, and late spans of the minutes it closed become
+    /// corrections, as they would have.
+    pub fn restore(&self, mark: &mark::RollupMark) -> Result<(), AggregateError> {
         let mut state = self.lock();
-        state.closed_until = Some(
-            state
-                .closed_until
-                .map_or(closed_until, |u| u.max(closed_until)),
-        );
+        let state = &mut *state;
+        let until = mark.closed_until;
+        state.closed_until = Some(state.closed_until.map_or(until, |u| u.max(until)));
+        for row in &mark.open {
+            let cell = LiveCell::from_row(row, self.config.digits)?;
+            let minutes = &mut state.minutes;
+            match state.open.entry((row.minute, row.key.clone())) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    e.get_mut().cell.merge(&cell)?;
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    *minutes.entry(row.minute).or_default() += 1;
+                    e.insert(OpenCell {
+                        cell,
+                        correction: row.correction,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Counts the LLM calls among `records` (other spans are skipped), at
@@ -209,15 +224,8 @@ impl Aggregator {
                 OpenCell {
                     cell: LiveCell::new(self.config.digits),
                     correction,
-                    logged_from: logged_at,
                 }
             });
-            // Records are fed roughly in log order, not exactly (requests
-            // race from their append to here).
-            open.logged_from = match (open.logged_from, logged_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
             open.cell.record(r, llm);
         }
         if overflowed > 0 {
@@ -261,14 +269,30 @@ impl Aggregator {
         let due = |minute: i64| until.is_none_or(|u| minute + MINUTE_NANOS <= u);
         let mut rows = std::mem::take(&mut state.ready);
         rows.extend(self.close_locked(&mut state, now, due, until));
+        let mut open = Vec::new();
         if let Some(before) = aggregated_before {
             state.logged = state.logged.split_off(&before);
+            // Copied under the lock, encoded after it: ingest waits for the
+            // copy only.
+            open = state
+                .open
+                .iter()
+                .map(|((minute, key), o)| (*minute, key.clone(), o.cell.clone(), o.correction))
+                .collect();
         }
+        let closed_until = state.closed_until;
+        let aggregated_since = state.logged.iter().copied().collect();
+        drop(state);
         Closed {
             rows,
-            closed_until: state.closed_until,
-            open_from: state.open.values().filter_map(|o| o.logged_from).min(),
-            aggregated_since: state.logged.iter().copied().collect(),
+            closed_until,
+            open: open
+                .into_iter()
+                .map(|(minute, key, cell, correction)| {
+                    Arc::new(Rollup::of(minute, key, &cell, correction))
+                })
+                .collect(),
+            aggregated_since,
         }
     }
 
@@ -631,41 +655,24 @@ mod tests {
     }
 
     #[test]
-    fn a_close_reports_what_it_closed_and_the_oldest_log_record_still_open() {
+    fn a_close_for_the_mark_hands_out_the_cells_left_open() {
         let a = agg(100);
         let at = |offset| Some(WalPosition { segment: 1, offset });
-        a.record(&tenant(), &[call("m", T0, 10, false)], T0, at(300));
-        a.record(
-            &tenant(),
-            &[call("m", T0 + 5 * SEC, 10, false)],
-            T0,
-            at(200),
-        );
+        a.record(&tenant(), &[call("m", T0, 10, false)], T0, at(100));
         a.record(
             &tenant(),
             &[call("m", T0 + 70 * SEC, 10, false)],
             T0,
-            at(400),
-        );
-        // Not logged (no write-ahead log): nothing to keep.
-        a.record(&tenant(), &[call("n", T0 + 70 * SEC, 10, false)], T0, None);
-
-        let nothing = a.close_due(T0 + 60 * SEC, None);
-        assert!(nothing.rows.is_empty());
-        assert_eq!(
-            nothing.open_from,
             at(200),
-            "the first minute's cell, from its earliest record"
         );
-
-        let first = a.close_due(T0 + 120 * SEC, None);
-        assert_eq!(first.rows.len(), 1);
-        assert_eq!(first.closed_until, Some(T0 + 60 * SEC));
-        assert_eq!(first.open_from, at(400));
-
-        let all = a.close_all(T0 + 130 * SEC, None);
-        assert_eq!(all.rows.len(), 2);
-        assert_eq!(all.open_from, None);
+        let closed = a.close_due(T0 + 120 * SEC, at(300));
+        assert_eq!(closed.rows.len(), 1);
+        assert_eq!(closed.closed_until, Some(T0 + 60 * SEC));
+        assert_eq!(closed.open.len(), 1);
+        assert_eq!(closed.open[0].minute, T0 + 60 * SEC);
+        assert_eq!(closed.open[0].counters.requests, 1);
+        // Without a log position there is no mark to take.
+        assert!(a.close_due(T0 + 121 * SEC, None).open.is_empty());
     }
 
     #[test]
@@ -688,13 +695,33 @@ mod tests {
     }
 
     #[test]
-    fn after_a_resume_late_spans_of_written_minutes_are_corrections() {
-        let a = agg(100);
-        a.resume(T0 + 60 * SEC);
-        a.record(&tenant(), &[call("m", T0, 10, false)], T0, None);
-        a.record(&tenant(), &[call("m", T0 + 60 * SEC, 10, false)], T0, None);
-        let rows = a.close_all(T0 + 130 * SEC, None).rows;
-        let corrections: Vec<(i64, bool)> = rows.iter().map(|r| (r.minute, r.correction)).collect();
-        assert_eq!(corrections, vec![(T0, true), (T0 + 60 * SEC, false)]);
+    fn a_restored_aggregator_goes_on_with_the_open_cells_and_corrections() {
+        let before = agg(100);
+        let at = |offset| Some(WalPosition { segment: 1, offset });
+        before.record(&tenant(), &[call("m", T0, 10, false)], T0, at(1));
+        before.record(&tenant(), &[call("m", T0 + 60 * SEC, 30, false)], T0, at(2));
+        let closed = before.close_due(T0 + 120 * SEC, at(3));
+        let mark = mark::RollupMark {
+            sequence: 1,
+            aggregated_before: at(3).unwrap(),
+            aggregated_since: closed.aggregated_since,
+            closed_until: closed.closed_until.unwrap(),
+            open: closed.open,
+        };
+
+        let after = agg(100);
+        after.restore(&mark).unwrap();
+        // A late call of the closed minute, and one more of the open one.
+        after.record(&tenant(), &[call("m", T0 + SEC, 10, false)], T0, None);
+        after.record(&tenant(), &[call("m", T0 + 61 * SEC, 50, false)], T0, None);
+        let rows = after.close_all(T0 + 130 * SEC, None).rows;
+        let got: Vec<(i64, bool, u64)> = rows
+            .iter()
+            .map(|r| (r.minute, r.correction, r.counters.requests))
+            .collect();
+        assert_eq!(got, vec![(T0, true, 1), (T0 + 60 * SEC, false, 2)]);
+        let latency = hdr::decode(&rows[1].latency).unwrap();
+        assert_eq!(latency.len(), 2, "the restored value and the new one");
+        assert_eq!(hdr::quantile(&latency, 1.0), Some(50.0));
     }
 }

@@ -228,8 +228,8 @@ impl Pipeline {
         Some(self.in_flight.min().map_or(end, |m| m.min(end)))
     }
 
-    /// Where the log must keep records from for the rollups; see
-    /// [`Pipeline::log_floor`].
+    /// Where the log must keep records from for the rollups (the last
+    /// rollup mark's `aggregated_before`); see [`Pipeline::log_floor`].
     pub fn set_rollup_floor(&self, floor: Option<WalPosition>) {
         *self.rollup_floor.lock().unwrap_or_else(|p| p.into_inner()) = floor;
     }
@@ -247,14 +247,14 @@ impl Pipeline {
     /// Feeds a request read back from the log at start, as it was accepted,
     /// without logging it again. `persisted` says whether the record's spans
     /// of a partition are already in a Parquet file; those are not buffered
-    /// twice. With a rollup `mark`, the aggregator gets the spans the
-    /// written rollups do not count, buffered or not; without one, the
+    /// twice. With a rollup `mark`, the aggregator gets the calls of the
+    /// requests the mark does not count, buffered or not; without one, the
     /// spans buffered. Returns the spans buffered.
     pub fn replay(
         &self,
         entry: Replayed,
         persisted: &mut dyn FnMut(&PartitionKey, WalPosition) -> bool,
-        mark: Option<&crate::wal::RollupMark>,
+        mark: Option<&crate::aggregate::mark::RollupMark>,
     ) -> Result<usize, IngestError> {
         let tenant: Arc<str> = Arc::from(entry.tenant.as_str());
         let position = entry.position;
@@ -264,21 +264,9 @@ impl Pipeline {
             .map_or(0, |d| d.as_nanos() as i64);
         let mut normalised = normalise::normalise(entry.request, &self.limits, &self.prices, now);
         self.response_ids.dedup(&mut normalised.records);
-        if let Some(mark) = mark {
-            if position >= mark.replay_from {
-                let uncounted: Vec<_> = normalised
-                    .records
-                    .iter()
-                    .filter(|r| {
-                        let minute_end = crate::aggregate::minute_of(r.start_unix_nano)
-                            .saturating_add(crate::aggregate::MINUTE_NANOS);
-                        r.facts.llm.is_some() && !mark.counts(position, minute_end)
-                    })
-                    .cloned()
-                    .collect();
-                self.aggregator
-                    .record(&tenant, &uncounted, now_nanos, Some(position));
-            }
+        if mark.is_some_and(|m| !m.counts(position)) {
+            self.aggregator
+                .record(&tenant, &normalised.records, now_nanos, Some(position));
         }
         normalised.records.retain(|r| {
             let key = PartitionKey::for_span(&tenant, r.start_unix_nano);

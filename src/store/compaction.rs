@@ -160,21 +160,29 @@ fn choose(files: Vec<SpanFile>, now: SystemTime, policy: &Policy) -> Vec<Vec<Spa
 /// How long a partition must have gone without a new file to be compacted.
 const QUIET: Duration = Duration::from_secs(60);
 
-/// Merges `inputs` (all of one partition) into one new file and removes
-/// them. `None` when an input is not a span file of the current schema.
-fn merge(writer: &ParquetWriter, inputs: &[SpanFile]) -> Result<Option<usize>, StoreError> {
-    let Some(first) = inputs.first() else {
-        return Ok(None);
-    };
-    let schema = span_schema();
+/// The inputs of one merge, opened: their rows in order, under `schema`.
+struct Opened {
+    rows: usize,
+    /// The write-ahead-log positions the inputs hold, ascending.
+    wal: Vec<crate::wal::WalPosition>,
+    batches: Box<dyn Iterator<Item = Result<RecordBatch, StoreError>> + Send>,
+}
+
+/// Opens `inputs` for reading; `None` when one is not of `schema` (a file of
+/// an older version, left as it is).
+fn open_inputs<K>(
+    inputs: &[PartitionFile<K>],
+    schema: &arrow::datatypes::SchemaRef,
+    what: &str,
+) -> Result<Option<Opened>, StoreError> {
     let mut readers = Vec::with_capacity(inputs.len());
     let mut rows = 0usize;
     let mut wal = Vec::new();
     for input in inputs {
         let file = File::open(&input.path).map_err(|e| StoreError::io(&input.path, e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-        if !same_columns(builder.schema(), &schema) {
-            tracing::warn!(path = %input.path.display(), "not compacted: the file's schema is not the current span schema");
+        if !same_columns(builder.schema(), schema) {
+            tracing::warn!(path = %input.path.display(), "not compacted: the file's schema is not the current {what} schema");
             return Ok(None);
         }
         let footer = builder.metadata().file_metadata();
@@ -184,13 +192,29 @@ fn merge(writer: &ParquetWriter, inputs: &[SpanFile]) -> Result<Option<usize>, S
     }
     wal.sort();
     wal.dedup();
-
-    let output = writer.compacted_path_for(&first.key);
+    let schema = schema.clone();
     let batches = readers
         .into_iter()
         .flatten()
         .map(|b| b.map_err(StoreError::from))
-        .map(|b| b.and_then(|b| conform(b, &schema)));
+        .map(move |b| b.and_then(|b| conform(b, &schema)));
+    Ok(Some(Opened {
+        rows,
+        wal,
+        batches: Box::new(batches),
+    }))
+}
+
+/// Merges `inputs` (all of one partition) into one new file and removes
+/// them. `None` when an input is not a span file of the current schema.
+fn merge(writer: &ParquetWriter, inputs: &[SpanFile]) -> Result<Option<usize>, StoreError> {
+    let Some(first) = inputs.first() else {
+        return Ok(None);
+    };
+    let Some(Opened { rows, wal, batches }) = open_inputs(inputs, &span_schema(), "span")? else {
+        return Ok(None);
+    };
+    let output = writer.compacted_path_for(&first.key);
     swap(inputs, &output, || {
         writer.write_stream(&output, rows, batches, &wal)
     })?;
@@ -300,27 +324,14 @@ fn merge_rollups(
     let Some(first) = inputs.first() else {
         return Ok(None);
     };
-    let schema = rollup_schema();
-    let mut readers = Vec::with_capacity(inputs.len());
-    let mut rows = 0usize;
-    for input in inputs {
-        let file = File::open(&input.path).map_err(|e| StoreError::io(&input.path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-        if !same_columns(builder.schema(), &schema) {
-            tracing::warn!(path = %input.path.display(), "not compacted: the file's schema is not the current rollup schema");
-            return Ok(None);
-        }
-        rows += builder.metadata().file_metadata().num_rows().max(0) as usize;
-        readers.push(builder.with_batch_size(READ_BATCH_ROWS).build()?);
-    }
+    let Some(opened) = open_inputs(inputs, &rollup_schema(), "rollup")? else {
+        return Ok(None);
+    };
     let output = writer.compacted_path_for(&first.key);
-    let batches = readers
-        .into_iter()
-        .flatten()
-        .map(|b| b.map_err(StoreError::from))
-        .map(|b| b.and_then(|b| conform(b, &schema)));
-    swap(inputs, &output, || writer.write_stream(&output, batches))?;
-    Ok(Some(rows))
+    swap(inputs, &output, || {
+        writer.write_stream(&output, opened.batches)
+    })?;
+    Ok(Some(opened.rows))
 }
 
 /// Merges the rollup files due for compaction (blocking file work). One

@@ -5,7 +5,7 @@
 //!
 //! Truncation follows the buffer and the rollups: the log forgets a record
 //! once no buffered, in-flight or being-written span comes from it, and no
-//! rollup row still open counts one of its calls (see [`RollupMark`]). A crash can still fall
+//! restorable rollup state counts one of its calls (see `aggregate::mark`). A crash can still fall
 //! between the files of one record (its spans in two hours); each span file
 //! names the log records it holds, so replay skips the partitions already
 //! written and nothing is stored twice.
@@ -15,9 +15,6 @@ use prost::Message;
 
 /// Segment files with group commit, torn-tail recovery and truncation.
 pub mod segment;
-
-mod rollup_mark;
-pub use rollup_mark::RollupMark;
 
 /// Generated from `proto/llmtrace/v1/wal.proto`.
 pub mod proto {
@@ -53,8 +50,6 @@ pub struct Replayed {
 pub struct Log {
     wal: segment::Wal,
     sequence: std::sync::atomic::AtomicU64,
-    /// The rollup mark as found at open.
-    rollup_mark: Option<RollupMark>,
 }
 
 impl Log {
@@ -65,7 +60,6 @@ impl Log {
         options: WalOptions,
     ) -> Result<(Log, Vec<Replayed>), WalError> {
         let (wal, replay) = segment::Wal::open(dir, options)?;
-        let rollup_mark = RollupMark::recover(dir);
         let mut entries = Vec::new();
         for record in replay {
             let record = record?;
@@ -91,7 +85,6 @@ impl Log {
             Log {
                 wal,
                 sequence: std::sync::atomic::AtomicU64::new(0),
-                rollup_mark,
             },
             entries,
         ))
@@ -142,30 +135,9 @@ impl Log {
         Ok(self.wal.sync()?)
     }
 
-    /// What the rollup files counted when the log was opened.
-    pub fn rollup_mark(&self) -> Option<&RollupMark> {
-        self.rollup_mark.as_ref()
-    }
-
-    /// Names the rollup files about to be written for `mark`; see
-    /// [`RollupMark`].
-    pub fn intend_rollups(
-        &self,
-        mark: &RollupMark,
-        files: &[std::path::PathBuf],
-    ) -> Result<(), WalError> {
-        Ok(mark.intend(self.wal.dir(), files)?)
-    }
-
-    /// Records what the rollup files now count, committing the files of an
-    /// intent.
-    pub fn write_rollup_mark(&self, mark: &RollupMark) -> Result<(), WalError> {
-        Ok(mark.write(self.wal.dir())?)
-    }
-
-    /// Forgets an intent whose files were removed.
-    pub fn abandon_rollups(&self) -> Result<(), WalError> {
-        Ok(rollup_mark::remove_intent(self.wal.dir())?)
+    /// The log's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.wal.dir()
     }
 }
 
