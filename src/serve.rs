@@ -89,6 +89,9 @@ struct RollupSink {
     log: Option<(Arc<Log>, Arc<Pipeline>)>,
     /// The last mark written.
     mark: Option<RollupMark>,
+    /// Rollup files written since that mark: every intent names them all,
+    /// so a mark that failed to write leaves none unaccounted for.
+    uncommitted: Vec<std::path::PathBuf>,
 }
 
 impl RollupSink {
@@ -137,6 +140,7 @@ impl RollupSink {
             Ok(()) => {
                 pipeline.set_rollup_floor(Some(mark.aggregated_before));
                 self.mark = Some(mark);
+                self.uncommitted.clear();
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot write the rollup mark; the log keeps more records until it can")
@@ -162,7 +166,8 @@ impl RollupSink {
             .map(|p| std::path::absolute(&p).unwrap_or(p))
             .collect();
         if let Some((log, mark)) = log {
-            if let Err(error) = mark.intend(log.dir(), &files) {
+            let named: Vec<_> = self.uncommitted.iter().chain(&files).cloned().collect();
+            if let Err(error) = mark.intend(log.dir(), &named) {
                 tracing::error!(%error, "cannot record the rollup files about to be written; retrying at the next tick");
                 self.metrics.rollups_written(0, true);
                 return false;
@@ -185,7 +190,8 @@ impl RollupSink {
                             undone = false;
                         }
                     }
-                    if let (Some((log, _)), true) = (log, undone) {
+                    if let (Some((log, _)), true, true) = (log, undone, self.uncommitted.is_empty())
+                    {
                         if let Err(error) = mark::remove_intent(log.dir()) {
                             tracing::warn!(%error, "cannot remove the rollup intent file");
                         }
@@ -196,6 +202,9 @@ impl RollupSink {
         }
         self.metrics.rollups_written(self.pending.len(), false);
         self.pending.clear();
+        if log.is_some() {
+            self.uncommitted.extend(files);
+        }
         true
     }
 }
@@ -387,6 +396,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         metrics: metrics.clone(),
         log: log.clone().map(|l| (l, pipeline.clone())),
         mark,
+        uncommitted: Vec::new(),
     };
     // Before the first request is acknowledged, the log has a mark: without
     // one, a crash could not tell which logged spans the rollups count.
