@@ -8,11 +8,11 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use llmtrace::aggregate::{AggregateConfig, Aggregator};
-use llmtrace::ingest::normalise::{normalise, Limits};
+use llmtrace::ingest::normalise::normalise;
 use llmtrace::loadgen::encode::to_json;
 use llmtrace::loadgen::workload::Workload;
 use llmtrace::pricing::PriceBook;
@@ -20,6 +20,9 @@ use llmtrace::record::SpanBatchBuilder;
 use llmtrace::store::{ParquetWriter, PartitionKey};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+
+mod common;
+use common::limits;
 
 /// The allocator of the llmtrace binary, so the figures match it, counting
 /// live bytes for [`memory_per_wire_byte`] (one relaxed add per call).
@@ -54,17 +57,6 @@ unsafe impl GlobalAlloc for Counting {
 
 /// Spans per request, as loadgen sends by default.
 const BATCH: usize = 200;
-
-fn limits() -> Limits {
-    Limits {
-        max_attribute_value_bytes: 64 * 1024,
-        max_future_skew: Duration::from_secs(86_400),
-        max_buffer_bytes: usize::MAX,
-        max_in_flight_bytes: usize::MAX,
-        memory_limit: 0,
-        retry_after: Duration::from_secs(1),
-    }
-}
 
 fn request() -> (ExportTraceServiceRequest, usize) {
     let now = SystemTime::now()

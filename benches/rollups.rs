@@ -8,12 +8,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use llmtrace::aggregate::{rollup, AggregateConfig, Aggregator};
-use llmtrace::ingest::normalise::{normalise, Limits};
+use llmtrace::ingest::normalise::normalise;
 use llmtrace::loadgen::workload::Workload;
 use llmtrace::pricing::PriceBook;
 use llmtrace::query::{QueryEngine, QueryLimits};
 use llmtrace::store::compaction::{compact_rollups, Policy};
 use llmtrace::store::{list_rollup_files, RollupWriter};
+
+mod common;
+use common::limits;
 
 const MINUTES: i64 = 1440;
 /// LLM calls per minute, from loadgen's mix of models and services.
@@ -24,17 +27,6 @@ const MINUTE: i64 = 60_000_000_000;
 
 const P99_BY_MODEL: &str = "SELECT model, hdr_quantile(hdr_merge(latency_ms_hist), 0.99) AS p99 \
      FROM rollups GROUP BY model ORDER BY model";
-
-fn limits() -> Limits {
-    Limits {
-        max_attribute_value_bytes: 64 * 1024,
-        max_future_skew: Duration::from_secs(86_400),
-        max_buffer_bytes: usize::MAX,
-        max_in_flight_bytes: usize::MAX,
-        memory_limit: 0,
-        retry_after: Duration::from_secs(1),
-    }
-}
 
 /// A day of rollups under `dir`, one file per minute, as the roller writes.
 fn write_day(dir: &std::path::Path) {
