@@ -91,13 +91,7 @@ fn queries(c: &mut Criterion) {
         min_files: 4,
     };
     let started = std::time::Instant::now();
-    let done = compact_rollups(
-        dir.path(),
-        &RollupWriter::new(dir.path()),
-        SystemTime::now(),
-        &policy,
-    )
-    .unwrap();
+    let done = compact_rollups(&RollupWriter::new(dir.path()), SystemTime::now(), &policy).unwrap();
     eprintln!(
         "compacted {} files ({} rows) in {:?}",
         done.files,

@@ -573,12 +573,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
                 let (writer, policy) = (rollup_writer.clone(), policy.clone());
                 let rollups = tokio::task::spawn_blocking(move || {
                     let now = std::time::SystemTime::now();
-                    crate::store::compaction::compact_rollups(
-                        writer.data_dir(),
-                        &writer,
-                        now,
-                        &policy,
-                    )
+                    crate::store::compaction::compact_rollups(&writer, now, &policy)
                 })
                 .await;
                 match rollups {

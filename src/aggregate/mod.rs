@@ -122,7 +122,7 @@ pub struct Aggregator {
 }
 
 /// Start of the minute (unix ns) holding `unix_nanos`.
-pub fn minute_of(unix_nanos: i64) -> i64 {
+fn minute_of(unix_nanos: i64) -> i64 {
     unix_nanos.div_euclid(MINUTE_NANOS) * MINUTE_NANOS
 }
 
@@ -188,13 +188,12 @@ impl Aggregator {
         let mut state = self.lock();
         let state = &mut *state;
         let mut overflowed = 0;
+        let mut calls = false;
         for r in records {
             let Some(llm) = r.facts.llm.as_ref() else {
                 continue;
             };
-            if let Some(position) = logged_at {
-                state.logged.insert(position);
-            }
+            calls = true;
             let minute = minute_of(r.start_unix_nano);
             let mut key = AggKey::of(tenant, r, llm);
             if state.open.len() >= self.config.max_live_keys
@@ -227,6 +226,9 @@ impl Aggregator {
                 }
             });
             open.cell.record(r, llm);
+        }
+        if let (true, Some(position)) = (calls, logged_at) {
+            state.logged.insert(position);
         }
         if overflowed > 0 {
             self.overflowed

@@ -337,12 +337,11 @@ fn merge_rollups(
 /// Merges the rollup files due for compaction (blocking file work). One
 /// group failing leaves its files as they were and goes on with the next.
 pub fn compact_rollups(
-    data_dir: &Path,
     writer: &RollupWriter,
     now: SystemTime,
     policy: &Policy,
 ) -> Result<Compacted, StoreError> {
-    let chosen = choose_rollups(list_rollup_files(data_dir)?, now, policy);
+    let chosen = choose_rollups(list_rollup_files(writer.data_dir())?, now, policy);
     let dir = |k: &RollupKey| k.dir(Path::new(""));
     Ok(merge_each(chosen, "rollup", dir, |inputs| {
         merge_rollups(writer, inputs)
@@ -725,7 +724,7 @@ mod tests {
         let before = rollup_totals(dir.path()).await;
         assert!(before.contains("| 30   | 465   |"), "{before}");
 
-        let done = compact_rollups(dir.path(), &writer, SystemTime::now(), &policy()).unwrap();
+        let done = compact_rollups(&writer, SystemTime::now(), &policy()).unwrap();
         assert_eq!((done.partitions, done.files, done.rows), (1, 30, 30));
         let files = list_rollup_files(dir.path()).unwrap();
         assert_eq!(files.len(), 1);
@@ -738,7 +737,7 @@ mod tests {
         assert_eq!(rollup_totals(dir.path()).await, before);
 
         // Nothing left to do.
-        let again = compact_rollups(dir.path(), &writer, SystemTime::now(), &policy()).unwrap();
+        let again = compact_rollups(&writer, SystemTime::now(), &policy()).unwrap();
         assert_eq!(again, Compacted::default());
     }
 

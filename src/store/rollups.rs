@@ -35,7 +35,7 @@ impl RollupWriter {
         }
     }
 
-    pub fn data_dir(&self) -> &Path {
+    pub(super) fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
