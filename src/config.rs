@@ -221,6 +221,11 @@ pub struct IngestConfig {
     pub memory_limit: ByteSize,
     /// The retry delay given with a refusal.
     pub retry_after: HumanDuration,
+    /// How long an LLM call whose parent spans have not arrived yet waits
+    /// for them (it is queryable meanwhile, but not yet in stats and
+    /// rollups), so user, session and prompt set on an ancestor apply to
+    /// it. 0 turns waiting off: ancestors that arrived first still apply.
+    pub trace_wait: HumanDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -285,6 +290,7 @@ impl Default for IngestConfig {
             max_in_flight_bytes: ByteSize(64 << 20),
             memory_limit: ByteSize(512 << 20),
             retry_after: HumanDuration(Duration::from_secs(1)),
+            trace_wait: HumanDuration(Duration::from_secs(30)),
         }
     }
 }

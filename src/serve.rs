@@ -18,9 +18,10 @@ use crate::alert::{AlertEngine, SystemClock};
 use crate::api::{self, Readiness};
 use crate::config::Config;
 use crate::ingest::{self, grpc::TraceService, Pipeline};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WriteFailure, WriteTarget};
 use crate::pricing::PriceBook;
 use crate::query::QueryEngine;
+use crate::store::lock::DataDirLock;
 use crate::store::{RollupWriter, Store, StoreError};
 use crate::wal::{Log, WalPosition};
 
@@ -48,6 +49,8 @@ pub enum ServeError {
     Server { what: &'static str, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] crate::store::lock::LockError),
     #[error("config key `pricing.file`: {0}")]
     Pricing(#[from] crate::pricing::PricingError),
     #[error("query engine: {0}")]
@@ -72,6 +75,14 @@ const COMPACTION_TICK: Duration = Duration::from_secs(60);
 
 /// How often closed minutes are looked for and written to rollups/.
 const ROLLUP_TICK: Duration = Duration::from_secs(5);
+
+/// How often a failing write-ahead log is probed for space: without
+/// requests (a load balancer stops sending them while `/readyz` says not
+/// ready), nothing else would notice that it can write again.
+const WAL_PROBE_TICK: Duration = Duration::from_secs(1);
+
+/// How often calls whose wait for their ancestors is over are released.
+const ASSEMBLY_TICK: Duration = Duration::from_secs(1);
 
 fn now_nanos() -> i64 {
     std::time::SystemTime::now()
@@ -141,9 +152,12 @@ impl RollupSink {
                 pipeline.set_rollup_floor(Some(mark.aggregated_before));
                 self.mark = Some(mark);
                 self.uncommitted.clear();
+                self.metrics.write_succeeded(WriteTarget::Rollups);
             }
             Err(error) => {
-                tracing::warn!(%error, "cannot write the rollup mark; the log keeps more records until it can")
+                tracing::warn!(%error, "cannot write the rollup mark; the log keeps more records until it can");
+                self.metrics
+                    .write_failed(WriteTarget::Rollups, &WriteFailure::of(&error));
             }
         }
     }
@@ -157,6 +171,8 @@ impl RollupSink {
             Err(error) => {
                 tracing::error!(%error, "rollup rows could not be encoded");
                 self.metrics.rollups_written(0, true);
+                self.metrics
+                    .write_failed(WriteTarget::Rollups, &WriteFailure::of(&error));
                 return false;
             }
         };
@@ -170,6 +186,8 @@ impl RollupSink {
             if let Err(error) = mark.intend(log.dir(), &named) {
                 tracing::error!(%error, "cannot record the rollup files about to be written; retrying at the next tick");
                 self.metrics.rollups_written(0, true);
+                self.metrics
+                    .write_failed(WriteTarget::Rollups, &WriteFailure::of(&error));
                 return false;
             }
         }
@@ -181,6 +199,8 @@ impl RollupSink {
                 Err(error) => {
                     tracing::error!(%error, "rollup write failed; retrying at the next tick");
                     self.metrics.rollups_written(0, true);
+                    self.metrics
+                        .write_failed(WriteTarget::Rollups, &WriteFailure::of(&error));
                     // All or none: the written files go, or their rows would
                     // be written again with the rest.
                     let mut undone = true;
@@ -201,6 +221,10 @@ impl RollupSink {
             }
         }
         self.metrics.rollups_written(self.pending.len(), false);
+        if log.is_none() {
+            // With a log, the mark written next commits these rows.
+            self.metrics.write_succeeded(WriteTarget::Rollups);
+        }
         self.pending.clear();
         if log.is_some() {
             self.uncommitted.extend(files);
@@ -261,6 +285,7 @@ fn replay(
             })
             .contains(&pos)
     };
+    pipeline.observe_for_replay(&replayed);
     let mut spans = 0;
     for entry in replayed {
         spans += pipeline.replay(entry, &mut persisted, mark)?;
@@ -297,6 +322,12 @@ pub struct RunningServer {
     roller: JoinHandle<RollupSink>,
     log: Option<(Arc<Log>, Arc<Pipeline>)>,
     alerts: JoinHandle<()>,
+    prober: JoinHandle<()>,
+    assembler: JoinHandle<()>,
+    pipeline: Arc<Pipeline>,
+    /// Declared last so it is dropped last: after the log and everything else
+    /// that writes the data dir.
+    _lock: DataDirLock,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -330,6 +361,9 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         path: config.data_dir.clone(),
         source,
     })?;
+    // Before anything in the dir is read or written: a second collector
+    // would replay this one's live log and store its spans twice.
+    let lock = DataDirLock::acquire(&config.data_dir)?;
     let storage = &config.storage;
     let store = Arc::new(Store::new(
         &config.data_dir,
@@ -373,14 +407,17 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
     } else {
         (None, Vec::new())
     };
-    let pipeline = Arc::new(Pipeline::new(
-        limits,
-        prices,
-        log.clone(),
-        store.clone(),
-        aggregator.clone(),
-        metrics.clone(),
-    ));
+    let pipeline = Arc::new(
+        Pipeline::new(
+            limits,
+            prices,
+            log.clone(),
+            store.clone(),
+            aggregator.clone(),
+            metrics.clone(),
+        )
+        .with_trace_wait(config.ingest.trace_wait.0),
+    );
     // Also removes rollup rows a crash left written without their mark.
     let mark = log.as_ref().and_then(|l| RollupMark::recover(l.dir()));
     replay(
@@ -509,11 +546,58 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
                         if stats.rows + stats.failed_rows > 0 {
                             metrics.flushed(started.elapsed(), stats.rows, stats.failed_rows > 0);
                         }
+                        // Failed rows went back to the buffer, so a flush
+                        // without failures has written them too.
+                        match &stats.failure {
+                            Some(failure) => metrics.write_failed(WriteTarget::Spans, failure),
+                            None => metrics.write_succeeded(WriteTarget::Spans),
+                        }
                     }
                     Err(error) => {
                         metrics.flushed(started.elapsed(), 0, true);
                         tracing::error!(%error, "flush failed");
                     }
+                }
+            }
+        })
+    };
+    // Calls whose trace's ancestors did not come in time are buffered and
+    // aggregated with what did come.
+    let assembler = {
+        let pipeline = pipeline.clone();
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(ASSEMBLY_TICK) => {}
+                    _ = stop_rx.wait_for(|stop| *stop) => break,
+                }
+                pipeline.release_waiting(false);
+            }
+        })
+    };
+    let prober = {
+        let (log, metrics) = (log.clone(), metrics.clone());
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let Some(log) = log else { return };
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(WAL_PROBE_TICK) => {}
+                    _ = stop_rx.wait_for(|stop| *stop) => break,
+                }
+                if !metrics.is_failing(WriteTarget::Wal) {
+                    continue;
+                }
+                let log = log.clone();
+                match tokio::task::spawn_blocking(move || log.probe()).await {
+                    // The next append says for sure; until then, clients
+                    // and load balancers may try again.
+                    Ok(Ok(())) => metrics.write_succeeded(WriteTarget::Wal),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "the write-ahead log still cannot write")
+                    }
+                    Err(error) => tracing::error!(%error, "write-ahead log probe task failed"),
                 }
             }
         })
@@ -640,6 +724,10 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         aggregator,
         roller,
         alerts,
+        prober,
+        _lock: lock,
+        assembler,
+        pipeline: pipeline.clone(),
         log: log.map(|l| (l, pipeline)),
     })
 }
@@ -672,7 +760,12 @@ impl RunningServer {
                 }
             }
         }
+        // Requests no longer come: calls still waiting for their ancestors
+        // go in with what arrived, before the last rollups and flush.
+        let _ = self.assembler.await;
+        self.pipeline.release_waiting(true);
         let _ = self.flusher.await;
+        let _ = self.prober.await;
         let _ = self.retention.await;
         let _ = self.compactor.await;
         // The last evaluation round finishes and its notifications go out.
@@ -713,5 +806,77 @@ impl RunningServer {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::SpanRecord;
+
+    /// An LLM call starting at `start` (unix ns).
+    fn call(start: i64) -> SpanRecord {
+        let mut r = SpanRecord::sample("chat", 1);
+        r.start_unix_nano = start;
+        r.end_unix_nano = start + 250_000_000;
+        r.facts.llm = Some(crate::genai::LlmFacts {
+            provider: Some("openai".into()),
+            request_model: Some("gpt-4o".into()),
+            operation: Some("chat".into()),
+            ..Default::default()
+        });
+        r
+    }
+
+    fn rollup_files(dir: &std::path::Path) -> usize {
+        crate::store::list_rollup_files(dir).unwrap().len()
+    }
+
+    /// A rollup write the disk refuses: the rows stay for the next tick, the
+    /// failure is counted and named for `/readyz`, and once the disk takes
+    /// writes again they are written, once, and the failure is cleared.
+    #[test]
+    fn rollup_rows_that_cannot_be_written_are_kept_and_written_once_the_disk_takes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let aggregator = Aggregator::new(crate::aggregate::AggregateConfig::default()).unwrap();
+        let now = now_nanos();
+        let tenant: Arc<str> = Arc::from("default");
+        aggregator.record(&tenant, &[call(now - 3_600_000_000_000)], now, None);
+        // A file where rollups/ should be: every write of the sink fails.
+        let rollups = dir.path().join("rollups");
+        std::fs::write(&rollups, b"in the way").unwrap();
+        let mut sink = RollupSink {
+            writer: RollupWriter::new(dir.path()),
+            pending: Vec::new(),
+            metrics: metrics.clone(),
+            log: None,
+            mark: None,
+            uncommitted: Vec::new(),
+        };
+        sink.write(aggregator.close_all(now, None), None);
+        assert_eq!(sink.pending.len(), 1, "the row is kept");
+        assert!(metrics.is_failing(WriteTarget::Rollups));
+        let failing = metrics.failing_writes();
+        assert_eq!(failing.len(), 1);
+        assert_eq!(failing[0].0, WriteTarget::Rollups);
+        let mut text = String::new();
+        metrics.render(crate::metrics::Gauges::default(), &mut text);
+        assert!(
+            text.contains(
+                "llmtrace_storage_write_failures_total{target=\"rollups\",error=\"io\"} 1"
+            ),
+            "{text}"
+        );
+
+        std::fs::remove_file(&rollups).unwrap();
+        std::fs::create_dir(&rollups).unwrap();
+        sink.write(aggregator.close_all(now, None), None);
+        assert!(sink.pending.is_empty());
+        assert!(!metrics.is_failing(WriteTarget::Rollups));
+        assert!(metrics.failing_writes().is_empty());
+        assert_eq!(rollup_files(dir.path()), 1);
+        sink.write(aggregator.close_all(now, None), None);
+        assert_eq!(rollup_files(dir.path()), 1, "written once");
     }
 }

@@ -69,8 +69,8 @@ impl AggKey {
             text(llm.provider.as_deref()),
             text(llm.model()),
             text(llm.operation.as_deref()),
-            text(llm.prompt_name.as_deref()),
-            text(llm.prompt_version.as_deref()),
+            text(record.facts.context.prompt_name.as_deref()),
+            text(record.facts.context.prompt_version.as_deref()),
         ])
     }
 

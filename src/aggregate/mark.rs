@@ -33,6 +33,7 @@ use crate::wal::WalPosition;
 const FILE: &str = "rollups.mark";
 const TMP: &str = "rollups.mark.tmp";
 const INTENT: &str = "rollups.intent";
+const INTENT_TMP: &str = "rollups.intent.tmp";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RollupMark {
@@ -146,9 +147,20 @@ impl RollupMark {
             text.push_str(&f.to_string_lossy());
             text.push('\n');
         }
-        let mut file = std::fs::File::create(dir.join(INTENT))?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
+        // Written aside and renamed: a write cut short (disk full) must not
+        // leave a truncated intent in place of one that names rows written
+        // earlier and not committed yet, which a crash would then keep.
+        let tmp = dir.join(INTENT_TMP);
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, dir.join(INTENT))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
         std::fs::File::open(dir)?.sync_all()
     }
 
@@ -156,10 +168,17 @@ impl RollupMark {
     /// aside, fsynced, renamed, so a crash leaves the old mark or the new one.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join(TMP);
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&self.encode())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, dir.join(FILE))?;
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&self.encode())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, dir.join(FILE))
+        })();
+        if written.is_err() {
+            // Not left behind taking space from the retry.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
         std::fs::File::open(dir)?.sync_all()?;
         remove_intent(dir)
     }

@@ -456,12 +456,17 @@ impl StateStore {
             source,
         };
         fs::create_dir_all(&self.dir).map_err(write_err)?;
-        {
-            let mut f = fs::File::create(&tmp).map_err(write_err)?;
-            f.write_all(bytes).map_err(write_err)?;
-            f.sync_all().map_err(write_err)?;
+        let written = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            // A write cut short (disk full) is not left holding the space.
+            let _ = fs::remove_file(&tmp);
+            return Err(write_err(e));
         }
-        fs::rename(&tmp, &path).map_err(write_err)?;
         // Make the rename itself durable. Not possible (nor needed) on every platform.
         #[cfg(unix)]
         if let Ok(dir) = fs::File::open(&self.dir) {

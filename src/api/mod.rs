@@ -116,12 +116,22 @@ async fn prometheus(State(state): State<ApiState>, headers: HeaderMap) -> Respon
         .into_response()
 }
 
-async fn ready(State(state): State<ApiState>) -> (StatusCode, &'static str) {
-    if state.readiness.get() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+/// 200 `ready`, or 503 saying why not: starting or stopping, or a disk
+/// write failing (one line per kind of file, with its error), so that load
+/// balancers send exports elsewhere until the disk takes writes again.
+async fn ready(State(state): State<ApiState>) -> (StatusCode, String) {
+    if !state.readiness.get() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned());
     }
+    let failing = state.metrics.failing_writes();
+    if failing.is_empty() {
+        return (StatusCode::OK, "ready\n".to_owned());
+    }
+    let mut text = String::new();
+    for (_, meaning, failure) in failing {
+        text.push_str(&format!("not ready: {meaning}: {}\n", failure.message));
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, text)
 }
 
 fn render_alert_metrics(alerts: &AlertEngine, out: &mut String) {

@@ -190,6 +190,13 @@ pub(crate) const ALIASES: &[(&str, Fact)] = &[
     ("gen_ai.usage.output_tokens.reasoning", ReasoningTokens),
     // 14. Time to first token/chunk.
     ("gen_ai.response.time_to_first_chunk", TtftSeconds),
+    // The semconv metric names used as span attributes: the Vercel AI SDK 7
+    // (`@ai-sdk/otel`, semconv mode) reports TTFT under the metric's name,
+    // and the genai repo renames that metric `…inference…`; LiteLLM's
+    // metric of the same meaning is `gen_ai.client.response.…`. All seconds.
+    ("gen_ai.client.operation.time_to_first_chunk", TtftSeconds),
+    ("gen_ai.client.inference.time_to_first_chunk", TtftSeconds),
+    ("gen_ai.client.response.time_to_first_token", TtftSeconds),
     ("gen_ai.server.time_to_first_token", TtftSecondsIfStreaming),
     ("ai.response.msToFirstChunk", TtftMillis),
     ("ai.stream.msToFirstChunk", TtftMillis),

@@ -123,8 +123,6 @@ pub struct LlmFacts {
     pub ttft_ms: Option<f64>,
     pub streaming: Option<bool>,
     pub finish_reason: Option<String>,
-    pub prompt_name: Option<String>,
-    pub prompt_version: Option<String>,
     /// Cost the producer computed itself; kept for reconciliation, never used as ours.
     pub reported_cost_usd: Option<f64>,
     pub response_id: Option<String>,
@@ -144,14 +142,65 @@ impl LlmFacts {
     }
 }
 
+/// Who and what a call was made for. Read on every span, not only on LLM
+/// calls, because frameworks set these on the request or agent span above
+/// the call (Langfuse `propagate_attributes`, AI SDK telemetry metadata on
+/// the wrapper, OpenInference on the chain span): trace assembly hands them
+/// down to the calls below (`ingest::assemble`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallContext {
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub prompt_name: Option<String>,
+    pub prompt_version: Option<String>,
+}
+
+impl CallContext {
+    pub fn is_empty(&self) -> bool {
+        *self == CallContext::default()
+    }
+
+    /// Whether every fact an ancestor could give is already known.
+    pub fn is_full(&self) -> bool {
+        self.user_id.is_some()
+            && self.session_id.is_some()
+            && self.prompt_name.is_some()
+            && self.prompt_version.is_some()
+    }
+
+    /// Fills what this span does not say from an ancestor's context (the
+    /// nearest ancestor first). A prompt travels as a pair: a version is
+    /// only taken with its name, so a call's own prompt never gets the
+    /// version of another prompt set higher up.
+    pub fn inherit(&mut self, ancestor: &CallContext) {
+        if self.user_id.is_none() {
+            self.user_id.clone_from(&ancestor.user_id);
+        }
+        if self.session_id.is_none() {
+            self.session_id.clone_from(&ancestor.session_id);
+        }
+        match &self.prompt_name {
+            None if ancestor.prompt_name.is_some() => {
+                self.prompt_name.clone_from(&ancestor.prompt_name);
+                self.prompt_version.clone_from(&ancestor.prompt_version);
+            }
+            Some(name)
+                if self.prompt_version.is_none() && ancestor.prompt_name.as_ref() == Some(name) =>
+            {
+                self.prompt_version.clone_from(&ancestor.prompt_version);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Facts of any span; `llm` is set for LLM calls only.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpanFacts {
     pub status: SpanStatus,
     /// Normalised error class when the span failed.
     pub error_type: Option<&'static str>,
-    pub user_id: Option<String>,
-    pub session_id: Option<String>,
+    pub context: CallContext,
     pub llm: Option<LlmFacts>,
 }
 
@@ -199,6 +248,36 @@ impl<'a> Candidates<'a> {
     }
 }
 
+/// Reads only the call context of a span: what trace assembly needs of the
+/// spans of a request read back from the log.
+pub fn read_context(span: &Span, resource: &[KeyValue]) -> CallContext {
+    call_context(
+        &Candidates::collect(&span.attributes),
+        &Candidates::collect(resource),
+    )
+}
+
+fn call_context(attrs: &Candidates, res: &Candidates) -> CallContext {
+    CallContext {
+        user_id: attrs
+            .string(Fact::UserId)
+            .or_else(|| res.string(Fact::UserId)),
+        session_id: attrs
+            .string(Fact::SessionId)
+            .or_else(|| res.string(Fact::SessionId)),
+        prompt_name: attrs
+            .string(Fact::PromptName)
+            .or_else(|| langfuse_prompt(attrs, "name")),
+        prompt_version: attrs
+            .first(Fact::PromptVersion, |v| {
+                value::as_str(v)
+                    .map(str::to_owned)
+                    .or_else(|| value::as_count(v).map(|n| n.to_string()))
+            })
+            .or_else(|| langfuse_prompt(attrs, "version")),
+    }
+}
+
 /// Reads the facts of one span. `resource` supplies user and session ids when
 /// the span itself has none (some SDKs set them on the resource); `scope` is
 /// the instrumentation scope name (some dialect rules depend on it).
@@ -207,18 +286,11 @@ pub fn extract(span: &Span, resource: &[KeyValue], scope: Option<&str>) -> SpanF
     let res = Candidates::collect(resource);
 
     let (status, error_type) = status_and_error(span, &attrs);
-    let user_id = attrs
-        .string(Fact::UserId)
-        .or_else(|| res.string(Fact::UserId));
-    let session_id = attrs
-        .string(Fact::SessionId)
-        .or_else(|| res.string(Fact::SessionId));
-
+    let context = call_context(&attrs, &res);
     SpanFacts {
         status,
         error_type,
-        user_id,
-        session_id,
+        context,
         llm: llm_facts(span, &attrs, scope),
     }
 }
@@ -403,16 +475,6 @@ fn llm_facts(span: &Span, attrs: &Candidates, scope: Option<&str>) -> Option<Llm
         ttft_ms,
         streaming,
         finish_reason: attrs.first(Fact::FinishReasons, value::first_of_list),
-        prompt_name: attrs
-            .string(Fact::PromptName)
-            .or_else(|| langfuse_prompt(attrs, "name")),
-        prompt_version: attrs
-            .first(Fact::PromptVersion, |v| {
-                value::as_str(v)
-                    .map(str::to_owned)
-                    .or_else(|| value::as_count(v).map(|n| n.to_string()))
-            })
-            .or_else(|| langfuse_prompt(attrs, "version")),
         reported_cost_usd: attrs
             .json(Fact::DocCostDetails)
             .and_then(|d| d.get("total").and_then(serde_json::Value::as_f64))
@@ -731,8 +793,8 @@ mod tests {
     fn user_and_session_fall_back_to_the_resource() {
         let sp = span(vec![s("gen_ai.conversation.id", "conv-1")]);
         let facts = extract(&sp, &[s("user.id", "u-9")], None);
-        assert_eq!(facts.session_id.as_deref(), Some("conv-1"));
-        assert_eq!(facts.user_id.as_deref(), Some("u-9"));
+        assert_eq!(facts.context.session_id.as_deref(), Some("conv-1"));
+        assert_eq!(facts.context.user_id.as_deref(), Some("u-9"));
     }
 
     #[test]
@@ -815,7 +877,7 @@ mod tests {
             "OpenLLMetry Anthropic input is inclusive"
         );
         assert_eq!(llm.streaming, Some(true));
-        assert_eq!(facts.user_id.as_deref(), Some("u-2"));
+        assert_eq!(facts.context.user_id.as_deref(), Some("u-2"));
         let workflow = span(vec![
             s("traceloop.span.kind", "workflow"),
             s("gen_ai.request.model", "x"),
@@ -853,6 +915,55 @@ mod tests {
     }
 
     #[test]
+    fn ttft_under_the_semconv_metric_name_is_read_in_seconds() {
+        // The Vercel AI SDK 7 semconv mode names the attribute after the
+        // metric `gen_ai.client.operation.time_to_first_chunk`.
+        let sp = span(vec![
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.provider.name", "openai"),
+            s("gen_ai.request.model", "gpt-4o-mini"),
+            kv(
+                "gen_ai.client.operation.time_to_first_chunk",
+                Value::DoubleValue(0.35),
+            ),
+        ]);
+        let llm = extract(&sp, &[], None).llm.expect("LLM");
+        assert_eq!(llm.ttft_ms, Some(350.0));
+        assert_eq!(llm.streaming, Some(true));
+    }
+
+    #[test]
+    fn a_call_inherits_what_it_does_not_say_and_a_prompt_as_a_pair() {
+        let ctx = |u: Option<&str>, p: Option<&str>, v: Option<&str>| CallContext {
+            user_id: u.map(str::to_owned),
+            session_id: None,
+            prompt_name: p.map(str::to_owned),
+            prompt_version: v.map(str::to_owned),
+        };
+        let agent = ctx(Some("u-1"), Some("support"), Some("4"));
+
+        let mut bare = CallContext::default();
+        bare.inherit(&agent);
+        assert_eq!(bare, agent);
+
+        let mut own_user = ctx(Some("u-2"), None, None);
+        own_user.inherit(&agent);
+        assert_eq!(own_user, ctx(Some("u-2"), Some("support"), Some("4")));
+
+        let mut other_prompt = ctx(None, Some("triage"), None);
+        other_prompt.inherit(&agent);
+        assert_eq!(
+            other_prompt,
+            ctx(Some("u-1"), Some("triage"), None),
+            "no version of another prompt"
+        );
+
+        let mut same_prompt = ctx(None, Some("support"), None);
+        same_prompt.inherit(&agent);
+        assert_eq!(same_prompt.prompt_version.as_deref(), Some("4"));
+    }
+
+    #[test]
     fn langfuse_usage_details_are_exclusive() {
         let sp = span(vec![
             s("langfuse.observation.type", "generation"),
@@ -869,7 +980,8 @@ mod tests {
                 "\"1970-01-01T00:00:01.250Z\"",
             ),
         ]);
-        let llm = extract(&sp, &[], None).llm.expect("LLM");
+        let facts = extract(&sp, &[], None);
+        let llm = facts.llm.expect("LLM");
         assert_eq!(
             llm.tokens.input,
             Some(1200),
@@ -878,7 +990,10 @@ mod tests {
         assert_eq!(llm.tokens.output, Some(60), "output 50 + reasoning 10");
         assert_eq!(llm.reported_cost_usd, Some(0.0123));
         assert_eq!(
-            (llm.prompt_name.as_deref(), llm.prompt_version.as_deref()),
+            (
+                facts.context.prompt_name.as_deref(),
+                facts.context.prompt_version.as_deref()
+            ),
             (Some("support"), Some("3"))
         );
         assert_eq!(llm.ttft_ms, Some(250.0));

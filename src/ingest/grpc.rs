@@ -170,7 +170,8 @@ struct AdmittedRequest {
 /// The status a refused or failed export answers with.
 fn export_status(e: IngestError) -> Status {
     match e {
-        IngestError::Overloaded { retry_after, .. } => {
+        IngestError::Overloaded { retry_after, .. }
+        | IngestError::Unavailable { retry_after, .. } => {
             let message = e.to_string();
             let details = retry_status(Code::Unavailable as i32, &message, retry_after);
             Status::with_details(

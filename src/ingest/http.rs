@@ -312,7 +312,8 @@ async fn drain(body: Body, limit: usize) {
 impl From<super::IngestError> for Failure {
     fn from(e: super::IngestError) -> Self {
         match e {
-            super::IngestError::Overloaded { retry_after, .. } => Failure {
+            super::IngestError::Overloaded { retry_after, .. }
+            | super::IngestError::Unavailable { retry_after, .. } => Failure {
                 http: StatusCode::SERVICE_UNAVAILABLE,
                 grpc_code: UNAVAILABLE,
                 message: e.to_string(),

@@ -3,8 +3,9 @@
 //! decode -> normalise -> write-ahead log -> buffer -> acknowledge.
 
 mod admission;
+pub mod assemble;
 mod body;
-mod dedup;
+pub mod dedup;
 pub mod grpc;
 pub mod http;
 pub mod normalise;
@@ -19,8 +20,9 @@ pub use admission::{Admission, Admitted, DECODED_PER_WIRE_BYTE};
 pub use normalise::Limits;
 
 use crate::aggregate::Aggregator;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WriteFailure, WriteTarget};
 use crate::pricing::PriceBook;
+use crate::record::SpanRecord;
 use crate::store::PartitionKey;
 use crate::store::{Store, StoreError};
 use crate::wal::{Log, Replayed, WalError, WalPosition};
@@ -64,6 +66,9 @@ pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
         .sum()
 }
 
+/// How long a call waits for its trace's ancestors by default.
+pub const DEFAULT_TRACE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Tenant of requests that carry no credentials.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -82,6 +87,13 @@ pub enum IngestError {
         what: &'static str,
         held: usize,
         limit: usize,
+        retry_after: std::time::Duration,
+    },
+    /// The write-ahead log could not write the request (disk full, I/O
+    /// error): nothing of it was stored, so the client must send it again.
+    #[error("cannot store spans now, retry after {}: {source}", humantime::format_duration(*.retry_after))]
+    Unavailable {
+        source: WalError,
         retry_after: std::time::Duration,
     },
 }
@@ -104,7 +116,8 @@ pub struct Pipeline {
     aggregator: Arc<Aggregator>,
     metrics: Arc<Metrics>,
     response_ids: dedup::ResponseIds,
-    in_flight: InFlight,
+    assembler: assemble::Assembler<Pending>,
+    in_flight: Arc<InFlight>,
     admission: Admission,
     /// The first log record the rollup files may not count yet (see
     /// `wal::RollupMark`): the log keeps it and what follows.
@@ -120,20 +133,31 @@ struct InFlight {
     open: std::sync::Mutex<std::collections::BTreeMap<u64, WalPosition>>,
 }
 
-struct Ticket<'a> {
-    in_flight: &'a InFlight,
+/// Keeps the log from being truncated past a request until its spans are
+/// in the buffer (however long it waits for trace assembly).
+struct Ticket {
+    in_flight: Arc<InFlight>,
     id: u64,
 }
 
+/// A request waiting for its calls' ancestors (see [`assemble`]): its rows
+/// are held in the buffer, its log record kept by its ticket.
+pub struct Pending {
+    held: crate::store::HeldId,
+    position: Option<WalPosition>,
+    received: SystemTime,
+    _ticket: Option<Ticket>,
+}
+
 impl InFlight {
-    fn begin(&self, at_least: WalPosition) -> Ticket<'_> {
+    fn begin(self: &Arc<Self>, at_least: WalPosition) -> Ticket {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, at_least);
         Ticket {
-            in_flight: self,
+            in_flight: self.clone(),
             id,
         }
     }
@@ -148,7 +172,7 @@ impl InFlight {
     }
 }
 
-impl Drop for Ticket<'_> {
+impl Drop for Ticket {
     fn drop(&mut self) {
         self.in_flight
             .open
@@ -174,7 +198,8 @@ impl Pipeline {
             aggregator,
             metrics,
             response_ids: dedup::ResponseIds::default(),
-            in_flight: InFlight::default(),
+            assembler: assemble::Assembler::new(DEFAULT_TRACE_WAIT),
+            in_flight: Arc::default(),
             admission: Admission::new(
                 limits.max_in_flight_bytes,
                 limits.memory_limit,
@@ -183,6 +208,12 @@ impl Pipeline {
             limits,
             rollup_floor: Default::default(),
         }
+    }
+
+    /// How long a call may wait for its trace's ancestors (see [`assemble`]).
+    pub fn with_trace_wait(mut self, wait: std::time::Duration) -> Self {
+        self.assembler = assemble::Assembler::new(wait);
+        self
     }
 
     /// Admits a request that will hold `bytes` until its spans are buffered;
@@ -263,7 +294,8 @@ impl Pipeline {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
         let mut normalised = normalise::normalise(entry.request, &self.limits, &self.prices, now);
-        self.response_ids.dedup(&mut normalised.records);
+        self.assembler.settle(&tenant, &mut normalised.records);
+        self.response_ids.dedup(&tenant, &mut normalised.records);
         if mark.is_some_and(|m| !m.counts(position)) {
             self.aggregator
                 .record(&tenant, &normalised.records, now_nanos, Some(position));
@@ -282,6 +314,79 @@ impl Pipeline {
             }
         }
         Ok(normalised.records.len())
+    }
+
+    /// Before replay: the links and contexts of every request the log
+    /// holds, so a call replayed before its parent still gets its context.
+    pub fn observe_for_replay(&self, entries: &[Replayed]) {
+        let now = std::time::Instant::now();
+        for entry in entries {
+            let tenant: Arc<str> = Arc::from(entry.tenant.as_str());
+            self.assembler.observe_request(&tenant, &entry.request, now);
+        }
+    }
+
+    /// Buffers and aggregates the requests whose wait for their calls'
+    /// ancestors is over; all of them when `all` (shutdown).
+    pub fn release_waiting(&self, all: bool) {
+        let due = if all {
+            self.assembler.drain()
+        } else {
+            self.assembler.due(std::time::Instant::now())
+        };
+        for waiting in due {
+            self.release(waiting);
+        }
+    }
+
+    /// Requests waiting for their calls' ancestors.
+    pub fn waiting_requests(&self) -> usize {
+        self.assembler.waiting()
+    }
+
+    fn release(&self, waiting: assemble::Waiting<Pending>) {
+        let ancestry = self.assembler.ancestry(&waiting);
+        let tenant = waiting.tenant.clone();
+        let pending = waiting.payload;
+        let released = self
+            .store
+            .buffer()
+            .release(pending.held, pending.position, |records| {
+                for r in records.iter_mut() {
+                    if let Some(chain) = ancestry.get(&(r.trace_id, r.span_id)) {
+                        for ancestor in chain {
+                            r.facts.context.inherit(ancestor);
+                        }
+                    }
+                }
+                self.response_ids.dedup(&tenant, records);
+            });
+        match released {
+            Ok((_, records)) => {
+                self.aggregate(&tenant, &records, pending.received, pending.position)
+            }
+            // Only an Arrow error can get here; the log still holds the
+            // request until the ticket goes, and a restart replays it.
+            Err(error) => {
+                tracing::error!(%error, "could not buffer the calls of a waiting request")
+            }
+        }
+    }
+
+    fn aggregate(
+        &self,
+        tenant: &Arc<str>,
+        records: &[SpanRecord],
+        received: SystemTime,
+        position: Option<WalPosition>,
+    ) {
+        if records.is_empty() {
+            return;
+        }
+        let now_nanos = received
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        self.aggregator.record(tenant, records, now_nanos, position);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -310,6 +415,21 @@ impl Pipeline {
             .map_err(|e| IngestError::Internal(e.to_string()))?
     }
 
+    /// What a request whose log write failed is answered: a retryable
+    /// refusal when the disk failed it (full, I/O error), counted and shown
+    /// by `/readyz` until a write succeeds again.
+    fn log_failed(&self, error: WalError) -> IngestError {
+        let failure = WriteFailure::of(&error);
+        if !failure.is_io() {
+            return IngestError::Wal(error);
+        }
+        self.metrics.write_failed(WriteTarget::Wal, &failure);
+        IngestError::Unavailable {
+            source: error,
+            retry_after: self.limits.retry_after,
+        }
+    }
+
     async fn export_now(
         self: &Arc<Self>,
         tenant: &Arc<str>,
@@ -330,13 +450,16 @@ impl Pipeline {
         // Logged as received: replay runs the same validation again. The
         // ticket keeps the log from being truncated past this request until
         // its spans are in the buffer.
-        let ticket = self.wal.as_ref().map(|log| self.in_flight.begin(log.end()));
+        let mut ticket = self.wal.as_ref().map(|log| self.in_flight.begin(log.end()));
         let now = SystemTime::now();
         let work = {
             let (this, tenant) = (self.clone(), tenant.clone());
             move || -> Result<_, IngestError> {
                 let submitted = match &this.wal {
-                    Some(log) => Some(log.submit(&tenant, &request)?),
+                    Some(log) => Some(
+                        log.submit(&tenant, &request)
+                            .map_err(|e| this.log_failed(e))?,
+                    ),
                     None => None,
                 };
                 let normalised = normalise::normalise(request, &this.limits, &this.prices, now);
@@ -347,28 +470,44 @@ impl Pipeline {
             .await
             .map_err(|e| IngestError::Internal(e.to_string()))??;
         let position = match submitted {
-            Some(submitted) => Some(submitted.written().await.map_err(WalError::from)?),
+            Some(submitted) => {
+                let written = submitted.written().await;
+                let position = written.map_err(|e| self.log_failed(e.into()))?;
+                self.metrics.write_succeeded(WriteTarget::Wal);
+                Some(position)
+            }
             None => None,
         };
-        self.response_ids.dedup(&mut normalised.records);
-        if !normalised.records.is_empty() {
-            self.store
-                .buffer()
-                .append(tenant, &normalised.records, position)?;
-            let now_nanos = now
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i64);
-            self.aggregator
-                .record(tenant, &normalised.records, now_nanos, position);
-        }
-        drop(ticket);
+        let accepted = normalised.records.len();
         let llm_calls = normalised
             .records
             .iter()
             .filter(|r| r.facts.llm.is_some())
             .count();
+        let records = std::mem::take(&mut normalised.records);
+        let (arrival, completed) =
+            self.assembler
+                .arrive(tenant, records, std::time::Instant::now(), |records| {
+                    Pending {
+                        held: self.store.buffer().hold(tenant, records),
+                        position,
+                        received: now,
+                        _ticket: ticket.take(),
+                    }
+                });
+        if let assemble::Arrival::Ready(mut records) = arrival {
+            self.response_ids.dedup(tenant, &mut records);
+            if !records.is_empty() {
+                self.store.buffer().append(tenant, &records, position)?;
+                self.aggregate(tenant, &records, now, position);
+            }
+        }
+        drop(ticket);
+        for waiting in completed {
+            self.release(waiting);
+        }
         self.metrics
-            .request(normalised.records.len(), llm_calls, normalised.rejected);
+            .request(accepted, llm_calls, normalised.rejected);
         if normalised.rejected > 0 {
             tracing::debug!(
                 rejected = normalised.rejected,
@@ -377,7 +516,7 @@ impl Pipeline {
             );
         }
         Ok(ExportOutcome {
-            accepted: normalised.records.len(),
+            accepted,
             rejected: normalised.rejected,
             message: normalised.message(),
         })

@@ -6,7 +6,12 @@
 //! id and timestamp. Each replay copies a body and rewrites those fixed-width
 //! fields in place: ids XORed with a key per replay round (parent links stay
 //! intact, ids stay unique), timestamps shifted forward by a whole pool's
-//! duration, so every span sent is new.
+//! duration, so every span sent is new. Provider response ids
+//! (`gen_ai.response.id`, `chatcmpl-` and 24 hex digits) are XORed with the
+//! round's key too: a real provider never hands two calls one id, and a
+//! collector that counts spans with one response id and overlapping times as
+//! one call would otherwise merge a replayed call (a long one outlasts a
+//! pool's duration) with its original.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
@@ -37,7 +42,15 @@ enum Field {
     HexSpanId,
     /// 19 decimal digits of Unix ns.
     DecimalTime,
+    /// The 24 lowercase hex digits of a `chatcmpl-…` response id.
+    HexResponseId,
 }
+
+/// The attribute holding a call's provider response id, and the shape the
+/// workload gives its value: this prefix, then 12 random bytes in hex.
+const RESPONSE_ID_KEY: &str = "gen_ai.response.id";
+const RESPONSE_ID_PREFIX: &[u8] = b"chatcmpl-";
+const RESPONSE_ID_HEX: usize = 24;
 
 /// One encoded request and where its ids and times are.
 pub struct Prepared {
@@ -101,6 +114,10 @@ impl Prepared {
                     xor_hex(&mut out[at + 16..at + 32], k2);
                 }
                 Field::HexSpanId => xor_hex(&mut out[at..at + 16], k1),
+                Field::HexResponseId => {
+                    xor_hex(&mut out[at..at + 16], k1);
+                    xor_hex(&mut out[at + 16..at + RESPONSE_ID_HEX], k2);
+                }
                 Field::DecimalTime => {
                     let digits = std::str::from_utf8(&out[at..at + 19]).expect("ascii digits");
                     let t: u64 = digits.parse().expect("decimal time");
@@ -119,13 +136,19 @@ fn xor(bytes: &mut [u8], key: u64) {
     }
 }
 
+/// XORs the bytes spelled by `hex` (at most 16 digits) with the low bytes of `key`.
 fn xor_hex(hex: &mut [u8], key: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let nibble = |c: u8| match c {
         b'0'..=b'9' => c - b'0',
         _ => c - b'a' + 10,
     };
-    for (i, k) in key.to_le_bytes().into_iter().enumerate() {
+    for (i, k) in key
+        .to_le_bytes()
+        .into_iter()
+        .take(hex.len() / 2)
+        .enumerate()
+    {
         let v = (nibble(hex[2 * i]) << 4 | nibble(hex[2 * i + 1])) ^ k;
         hex[2 * i] = DIGITS[(v >> 4) as usize];
         hex[2 * i + 1] = DIGITS[(v & 0xf) as usize];
@@ -183,6 +206,7 @@ fn walk(buf: &[u8], base: usize, level: Level, out: &mut Vec<(usize, Field)>) {
                     (Level::Request, 1, _) => walk(data, at, Level::ResourceSpans, out),
                     (Level::ResourceSpans, 2, _) => walk(data, at, Level::ScopeSpans, out),
                     (Level::ScopeSpans, 2, _) => walk(data, at, Level::Span, out),
+                    (Level::Span, 9, _) => response_id(data, at, out),
                     (Level::Span, 11, _) => walk(data, at, Level::Event, out),
                     (Level::Span, 13, _) => walk(data, at, Level::Link, out),
                     (Level::Span | Level::Link, 1, 16) => out.push((at, Field::TraceId)),
@@ -197,6 +221,63 @@ fn walk(buf: &[u8], base: usize, level: Level, out: &mut Vec<(usize, Field)>) {
     }
 }
 
+/// The length-delimited fields of an encoded message we built: (field number,
+/// offset of the value within `buf`, value).
+fn fields(buf: &[u8]) -> Vec<(u64, usize, &[u8])> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let key = varint(buf, &mut pos);
+        match key & 7 {
+            0 => {
+                varint(buf, &mut pos);
+            }
+            1 => pos += 8,
+            2 => {
+                let len = varint(buf, &mut pos) as usize;
+                out.push((key >> 3, pos, &buf[pos..pos + len]));
+                pos += len;
+            }
+            5 => pos += 4,
+            other => unreachable!("wire type {other} in a request we encoded"),
+        }
+    }
+    out
+}
+
+/// Records the hex digits of a span attribute (a `KeyValue` at `base`) that
+/// is a response id of the workload's shape.
+fn response_id(kv: &[u8], base: usize, out: &mut Vec<(usize, Field)>) {
+    let kv_fields = fields(kv);
+    let is_key = kv_fields
+        .iter()
+        .any(|&(f, _, v)| f == 1 && v == RESPONSE_ID_KEY.as_bytes());
+    if !is_key {
+        return;
+    }
+    for &(f, at, any) in &kv_fields {
+        if f != 2 {
+            continue;
+        }
+        for (g, s_at, s) in fields(any) {
+            if g == 1 && is_response_id(s) {
+                out.push((
+                    base + at + s_at + RESPONSE_ID_PREFIX.len(),
+                    Field::HexResponseId,
+                ));
+            }
+        }
+    }
+}
+
+fn is_response_id(value: &[u8]) -> bool {
+    value.len() == RESPONSE_ID_PREFIX.len() + RESPONSE_ID_HEX
+        && value.starts_with(RESPONSE_ID_PREFIX)
+        && value[RESPONSE_ID_PREFIX.len()..]
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn json_patches(body: &[u8]) -> Vec<(usize, Field)> {
     const MARKERS: &[(&[u8], Field)] = &[
         (b"\"traceId\":\"", Field::HexTraceId),
@@ -206,6 +287,8 @@ fn json_patches(body: &[u8]) -> Vec<(usize, Field)> {
         (b"\"endTimeUnixNano\":\"", Field::DecimalTime),
         (b"\"timeUnixNano\":\"", Field::DecimalTime),
     ];
+    let response_id = format!("\"key\":\"{RESPONSE_ID_KEY}\",\"value\":{{\"stringValue\":\"");
+    let response_id = response_id.as_bytes();
     let mut out = Vec::new();
     for (pos, _) in body.iter().enumerate().filter(|(_, c)| **c == b'"') {
         for (marker, field) in MARKERS {
@@ -215,6 +298,13 @@ fn json_patches(body: &[u8]) -> Vec<(usize, Field)> {
                 if body.get(at) != Some(&b'"') {
                     out.push((at, *field));
                 }
+            }
+        }
+        if body[pos..].starts_with(response_id) {
+            let at = pos + response_id.len();
+            let end = at + RESPONSE_ID_PREFIX.len() + RESPONSE_ID_HEX;
+            if body.get(end) == Some(&b'"') && is_response_id(&body[at..end]) {
+                out.push((at + RESPONSE_ID_PREFIX.len(), Field::HexResponseId));
             }
         }
     }
@@ -348,6 +438,76 @@ mod tests {
             )
             .collect();
         (ids, links, times)
+    }
+
+    /// The `gen_ai.response.id` values of a request, in order.
+    fn response_ids(req: &ExportTraceServiceRequest) -> Vec<String> {
+        req.resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .flat_map(|s| &s.attributes)
+            .filter(|kv| kv.key == RESPONSE_ID_KEY)
+            .filter_map(
+                |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                },
+            )
+            .collect()
+    }
+
+    /// Every response id of a replay round is new and keeps the shape.
+    fn assert_new_response_ids(original: &[String], replay: &[String]) {
+        assert!(!original.is_empty(), "the workload sets response ids");
+        assert_eq!(original.len(), replay.len());
+        let before: HashSet<&String> = original.iter().collect();
+        let after: HashSet<&String> = replay.iter().collect();
+        assert_eq!(
+            before.len(),
+            original.len(),
+            "response ids unique within a request"
+        );
+        assert_eq!(
+            after.len(),
+            replay.len(),
+            "response ids unique within a replay"
+        );
+        assert!(
+            before.is_disjoint(&after),
+            "every replayed response id is new"
+        );
+        for id in replay {
+            assert!(is_response_id(id.as_bytes()), "{id}");
+        }
+    }
+
+    #[test]
+    fn replays_give_every_call_a_new_response_id() {
+        let (req, n) = Workload::new(5, T0, 1_000_000).batch(300);
+        let original = response_ids(&req);
+
+        let p = Prepared::new(&req, n, Encoding::Protobuf);
+        let mut seen: HashSet<String> = original.iter().cloned().collect();
+        for round in 1..4 {
+            let replay =
+                ExportTraceServiceRequest::decode(p.render(round, 1_000).as_slice()).unwrap();
+            let ids = response_ids(&replay);
+            assert_new_response_ids(&original, &ids);
+            assert!(
+                ids.iter().all(|id| seen.insert(id.clone())),
+                "round {round} repeats an id"
+            );
+        }
+        // The same seed replays the same ids: runs stay reproducible.
+        let again = Prepared::new(&req, n, Encoding::Protobuf);
+        assert_eq!(again.render(2, 1_000), p.render(2, 1_000));
+
+        let p = Prepared::new(&req, n, Encoding::Json);
+        let json0 = crate::ingest::otlp_json::decode(&p.render(0, 0)).unwrap();
+        assert_eq!(response_ids(&json0), original);
+        let replay = crate::ingest::otlp_json::decode(&p.render(2, 7)).unwrap();
+        assert_new_response_ids(&original, &response_ids(&replay));
     }
 
     #[test]

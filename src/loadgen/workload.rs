@@ -1011,6 +1011,25 @@ mod tests {
         let ids: std::collections::HashSet<&[u8]> =
             spans.iter().map(|s| s.span_id.as_slice()).collect();
         assert_eq!(ids.len(), count, "span ids are unique");
+        // Providers never give two calls one response id; neither does the workload.
+        let response_ids: Vec<&str> = spans
+            .iter()
+            .flat_map(|s| &s.attributes)
+            .filter(|kv| kv.key == "gen_ai.response.id")
+            .filter_map(
+                |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(Value::StringValue(s)) => Some(s.as_str()),
+                    _ => None,
+                },
+            )
+            .collect();
+        let distinct: std::collections::HashSet<&str> = response_ids.iter().copied().collect();
+        assert!(response_ids.len() > 100, "{}", response_ids.len());
+        assert_eq!(
+            distinct.len(),
+            response_ids.len(),
+            "response ids are unique"
+        );
         for s in &spans {
             assert_eq!(s.trace_id.len(), 16);
             assert!(s.end_time_unix_nano >= s.start_time_unix_nano);

@@ -164,8 +164,9 @@ impl SpanBatchBuilder {
         self.status_message
             .append_option(r.status_message.as_deref());
         self.error_type.append_option(r.facts.error_type);
-        self.user_id.append_option(r.facts.user_id.as_deref());
-        self.session_id.append_option(r.facts.session_id.as_deref());
+        let context = &r.facts.context;
+        self.user_id.append_option(context.user_id.as_deref());
+        self.session_id.append_option(context.session_id.as_deref());
         self.cost_usd.append_option(r.cost_usd);
         self.cost_status.append_value(r.cost_status.as_str());
         self.price_id.append_option(r.price_id.as_deref());
@@ -186,9 +187,9 @@ impl SpanBatchBuilder {
         self.finish_reason
             .append_option(s(|l| l.finish_reason.as_deref()));
         self.prompt_name
-            .append_option(s(|l| l.prompt_name.as_deref()));
+            .append_option(context.prompt_name.as_deref());
         self.prompt_version
-            .append_option(s(|l| l.prompt_version.as_deref()));
+            .append_option(context.prompt_version.as_deref());
         let tokens = llm.map(|l| l.tokens).unwrap_or_default();
         self.input_tokens.append_option(opt_i64(tokens.input));
         self.output_tokens.append_option(opt_i64(tokens.output));

@@ -96,8 +96,7 @@ impl SpanRecord {
             facts: SpanFacts {
                 status: SpanStatus::Ok,
                 error_type: None,
-                user_id: None,
-                session_id: None,
+                context: Default::default(),
                 llm: None,
             },
             cost_usd: None,

@@ -241,7 +241,12 @@ fn swap<K>(
         file.write_all(names.join("\n").as_bytes())?;
         file.sync_all()
     })()
-    .map_err(|e| StoreError::io(&marker, e))?;
+    .map_err(|e| {
+        // A marker cut short (disk full) names no output that exists; it
+        // is not kept until the next start's recovery.
+        let _ = std::fs::remove_file(&marker);
+        StoreError::io(&marker, e)
+    })?;
     // The marker must be on disk before the output can be: otherwise a power
     // loss could leave the output and its inputs both listed.
     sync_dir(&dir);

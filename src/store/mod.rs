@@ -12,7 +12,9 @@
 //! never missing from a snapshot nor in it twice.
 
 pub mod compaction;
+mod held;
 mod listing;
+pub mod lock;
 mod parquet;
 mod partition;
 pub mod retention;
@@ -27,6 +29,7 @@ use arrow::record_batch::RecordBatch;
 use tokio::sync::Notify;
 
 pub use self::parquet::{wal_positions, ParquetWriter};
+pub use held::HeldId;
 pub use listing::{list_rollup_files, list_span_files, partition_files, RollupFile, SpanFile};
 pub use partition::{PartitionKey, RollupKey};
 pub use rollups::RollupWriter;
@@ -222,6 +225,8 @@ struct BufferState {
     /// Calls of `take`, and the files the latest ones were given.
     takes: u64,
     recent: std::collections::VecDeque<(u64, PathBuf)>,
+    /// LLM calls waiting for their trace's ancestors; see [`held`].
+    held: held::HeldRows,
 }
 
 /// What a query reads: the span files on disk and the buffered batches, with
@@ -267,7 +272,16 @@ impl SpanBuffer {
         wal: Option<WalPosition>,
     ) -> Result<(), StoreError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let state = &mut *state;
+        self.append_locked(&mut state, tenant, records, wal)
+    }
+
+    fn append_locked(
+        &self,
+        state: &mut BufferState,
+        tenant: &Arc<str>,
+        records: &[SpanRecord],
+        wal: Option<WalPosition>,
+    ) -> Result<(), StoreError> {
         for r in records {
             let key = PartitionKey::for_span(tenant, r.start_unix_nano);
             let part = state.partitions.entry(key).or_default();
@@ -302,7 +316,7 @@ impl SpanBuffer {
     /// backpressure bounds.
     pub fn total_bytes(&self) -> usize {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.size.bytes + state.persisting_bytes
+        state.size.bytes + state.persisting_bytes + state.held.bytes
     }
 
     /// Wakes the flusher now if at least `min_bytes` are buffered (memory
@@ -407,6 +421,7 @@ impl SpanBuffer {
                 batches.extend(group.sealed.iter().map(|b| (key.clone(), b.clone())));
             }
         }
+        batches.extend(state.held.batches()?);
         let mut writing = HashSet::new();
         for p in &state.persisting {
             batches.extend(p.batches.iter().map(|b| (p.key.clone(), b.clone())));
@@ -428,12 +443,14 @@ impl SpanBuffer {
 }
 
 /// What one flush did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FlushStats {
     pub files: usize,
     pub rows: usize,
     /// Rows whose write failed and went back to the buffer.
     pub failed_rows: usize,
+    /// The last failed write's error, for the metrics and `/readyz`.
+    pub failure: Option<crate::metrics::WriteFailure>,
 }
 
 /// The span store: buffer plus Parquet writer.
@@ -507,6 +524,12 @@ impl Store {
                     Err(error) => {
                         tracing::error!(%error, rows, path = %path.display(), "span file write failed; keeping the spans buffered for the next flush");
                         stats.failed_rows += rows;
+                        let failure = crate::metrics::WriteFailure::of(&error);
+                        // Parquet's own errors do not name the file.
+                        stats.failure = Some(crate::metrics::WriteFailure {
+                            message: format!("cannot write {}: {error}", path.display()),
+                            ..failure
+                        });
                         this.buffer.put_back(&path);
                     }
                 }

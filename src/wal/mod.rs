@@ -25,7 +25,8 @@ pub mod proto {
 pub enum WalError {
     #[error("write-ahead log I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error("write-ahead log: {0}")]
+    /// Its message already says "write-ahead log".
+    #[error(transparent)]
     Segment(#[from] segment::WalError),
     #[error("write-ahead log record at {position}: {message}")]
     Decode {
@@ -35,6 +36,13 @@ pub enum WalError {
 }
 
 pub use segment::{FsyncPolicy, Submitted, WalOptions, WalPosition};
+
+/// Scratch file of [`Log::probe`]; not a segment name, so never replayed.
+const PROBE_FILE: &str = ".probe";
+
+/// Size of the probe: a typical SDK export request, so that free space
+/// smaller than a request does not count as recovered.
+const PROBE_BYTES: usize = 64 << 10;
 
 /// One request read back at start: what was acknowledged but may not have
 /// reached Parquet.
@@ -133,6 +141,29 @@ impl Log {
 
     pub fn sync(&self) -> Result<(), WalError> {
         Ok(self.wal.sync()?)
+    }
+
+    /// Whether the log's disk takes writes again after appends failed (disk
+    /// full, I/O errors): writes, fsyncs and removes a scratch file of
+    /// [`PROBE_BYTES`] beside the segments. Appends themselves are not used,
+    /// as a probe record would be replayed.
+    pub fn probe(&self) -> Result<(), WalError> {
+        let path = self.dir().join(PROBE_FILE);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&path)?;
+            file.write_all(&vec![0u8; PROBE_BYTES])?;
+            file.sync_data()
+        };
+        let written = write();
+        // Removed whatever happened: a half-written probe must not hold
+        // on to the space it is looking for.
+        let removed = std::fs::remove_file(&path);
+        written?;
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     /// The log's directory.

@@ -870,7 +870,7 @@ impl Inner {
         }
         let base = w.len;
         if let Err(e) = self.write_file(&mut w.file, batch) {
-            discard_from(&mut w, base);
+            self.discard_from(&mut w, base);
             return Err(WalError::io("write", &w.path, e));
         }
         match self.options.fsync {
@@ -879,7 +879,7 @@ impl Inner {
                     // Linux may drop the dirty pages of a failed fsync and not
                     // report it again, so this file's unsynced bytes cannot be
                     // trusted: fail the batch and continue in a new segment.
-                    discard_from(&mut w, base);
+                    self.discard_from(&mut w, base);
                     w.broken = true;
                     return Err(WalError::io("fsync", &w.path, e));
                 }
@@ -897,6 +897,25 @@ impl Inner {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(size, Ordering::Relaxed);
         Ok((w.seq, base))
+    }
+
+    /// Cuts a failed batch (possibly written in part: ENOSPC mid-write) back
+    /// off the file, so the next batch does not land after garbage; if that
+    /// fails too, the file is abandoned at the next write, and replay stops
+    /// reading it at the garbage.
+    fn discard_from(&self, w: &mut Writer, base: u64) {
+        let mut cut = || -> io::Result<()> {
+            #[cfg(test)]
+            if self.faults.take_cut_failure() {
+                return Err(io::Error::other("injected truncate failure"));
+            }
+            w.file.set_len(base)?;
+            w.file.seek(SeekFrom::Start(base)).map(drop)
+        };
+        if let Err(error) = cut() {
+            tracing::error!(%error, file = %w.path.display(), "cannot cut a failed write-ahead log write back; moving to a new segment");
+            w.broken = true;
+        }
     }
 
     fn write_file(&self, file: &mut File, batch: &[u8]) -> io::Result<()> {
@@ -975,22 +994,13 @@ impl Inner {
             f.write_all(&encode_checkpoint(pos.segment, pos.offset))?;
             f.sync_all()
         };
-        write().map_err(|e| WalError::io("write", &tmp, e))?;
+        write().map_err(|e| {
+            // Not left behind on a full disk; the old checkpoint still holds.
+            let _ = fs::remove_file(&tmp);
+            WalError::io("write", &tmp, e)
+        })?;
         fs::rename(&tmp, &dest).map_err(|e| WalError::io("rename to", &dest, e))?;
         sync_dir(&self.dir)
-    }
-}
-
-/// Cuts a failed batch back off the file; if that fails too, the file is
-/// abandoned at the next write.
-fn discard_from(w: &mut Writer, base: u64) {
-    let cut = w
-        .file
-        .set_len(base)
-        .and_then(|()| w.file.seek(SeekFrom::Start(base)).map(drop));
-    if let Err(error) = cut {
-        tracing::error!(%error, file = %w.path.display(), "cannot cut a failed write-ahead log write back; moving to a new segment");
-        w.broken = true;
     }
 }
 
@@ -1083,7 +1093,12 @@ fn create_segment(dir: &Path, seq: u64, never: bool) -> Result<Writer, WalError>
         }
         Ok(file)
     };
-    let file = create().map_err(|e| WalError::io("create segment", &path, e))?;
+    let file = create().map_err(|e| {
+        // A segment without its whole header holds nothing; on a full disk
+        // the next rotation tries again under the same name.
+        let _ = fs::remove_file(&path);
+        WalError::io("create segment", &path, e)
+    })?;
     Ok(Writer {
         file,
         path,

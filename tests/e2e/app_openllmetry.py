@@ -19,8 +19,11 @@ Anthropic (``mock_anthropic``):
   ``anthropic_rate_limited`` HTTP 429 ``rate_limit_error``; the
                              ``anthropic.RateLimitError`` is caught.
 
-The calls run inside one application root span (``otel_app.APP_ROOT_SPAN``) so
-that they share a trace and the collector also sees a non-LLM span.
+By default the calls run inside one application root span
+(``otel_app.APP_ROOT_SPAN``) so that they share a trace and the collector also
+sees a non-LLM span. With ``--app-root-span off`` they run without any parent
+span, as in most real applications: every span an instrumentation starts is
+then the root of a trace of its own.
 
 Before exiting it shuts the provider down so every span is exported, and
 prints one JSON document to stdout: what the client saw for each call, the ids
@@ -32,17 +35,28 @@ message content capture is left at the instrumentations' default.
 anthropic 2.x has OpenTelemetry tracing of its own (scope
 ``com.anthropic.sdk.python``, span ``anthropic.messages.create``, on by
 default): with ``--anthropic-sdk-tracing on`` each Anthropic call then makes
-two sibling LLM spans, the SDK's and OpenLLMetry's ``anthropic.chat``;
-``off`` (the default here) turns the SDK's off.
+two LLM spans, the SDK's and OpenLLMetry's ``anthropic.chat``; ``off`` (the
+default here) turns the SDK's off. Neither library makes its span the current
+one while the other starts its own (OpenLLMetry starts ``anthropic.chat`` with
+``tracer.start_span`` and calls the SDK under the caller's context), so the two
+are siblings under the app's root span, or, with ``--app-root-span off``, two
+roots in two different traces, with the same ``gen_ai.response.id``.
+
+``--max-export-batch-size N`` caps the spans per OTLP export request (1: every
+span in a request of its own, so the two spans of a call always arrive in
+different requests). The output's ``export_batches`` lists the span ids of each
+request in the order they were sent (and acknowledged: one at a time).
 
 Usage: python app_openllmetry.py --openai-base-url URL --anthropic-base-url URL
                                  --otlp-endpoint URL --service-name NAME
                                  [--anthropic-sdk-tracing {on,off}]
+                                 [--app-root-span {on,off}] [--max-export-batch-size N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -80,9 +94,17 @@ def main() -> int:
         help="the anthropic SDK's own OpenTelemetry spans (anthropic.messages.create, on by default in "
              "the SDK); 'off' passes open_telemetry=False so only OpenLLMetry's spans are made",
     )
+    ap.add_argument(
+        "--app-root-span", choices=["on", "off"], default="on",
+        help="'on' runs the calls inside one application root span; 'off' makes them with no parent span",
+    )
+    ap.add_argument("--max-export-batch-size", type=int, default=None,
+                    help="spans per OTLP export request at most (the SDK's default when not given)")
     args = ap.parse_args()
 
-    tracing = AppTracing(args.service_name, otlp_exporter("http", args.otlp_endpoint))
+    tracing = AppTracing(
+        args.service_name, otlp_exporter("http", args.otlp_endpoint), max_export_batch_size=args.max_export_batch_size
+    )
     memory = tracing.memory
 
     from opentelemetry.instrumentation.anthropic import AnthropicInstrumentor
@@ -174,7 +196,7 @@ def main() -> int:
             anthropic.RateLimitError,
         )
 
-    with tracing.root_span():
+    with tracing.root_span() if args.app_root_span == "on" else contextlib.nullcontext():
         call("openai_plain", openai_plain)
         call("openai_stream", openai_stream)
         call("anthropic_plain", anthropic_message(mock_anthropic.PLAIN_MODEL))
@@ -206,6 +228,8 @@ def main() -> int:
             "otlp_endpoint": args.otlp_endpoint,
             "service_name": args.service_name,
             "anthropic_sdk_tracing": args.anthropic_sdk_tracing,
+            "app_root_span": args.app_root_span,
+            "max_export_batch_size": args.max_export_batch_size,
             "versions": versions,
             "calls": calls,
         },

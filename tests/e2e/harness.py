@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,19 +183,31 @@ class AppRun:
     app: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    # What ``while_running`` asked the server after the app exited, before SIGTERM.
+    live: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def execute(
-        cls, name: str, service_name: str, base: Path, script: Path, app_args: Callable[[Llmtrace], list[str]]
+        cls,
+        name: str,
+        service_name: str,
+        base: Path,
+        script: Path,
+        app_args: Callable[[Llmtrace], list[str]],
+        while_running: Callable[[Llmtrace], dict[str, Any]] | None = None,
     ):
-        """Starts llmtrace under ``base``, runs ``script`` with ``app_args(llmtrace)``, stops
+        """Starts llmtrace under ``base``, runs ``script`` with ``app_args(llmtrace)``, then
+        ``while_running(llmtrace)`` (questions to the live server, kept as ``live``), stops
         llmtrace with SIGTERM and reads the Parquet files it wrote."""
         lt = start_llmtrace(base / "data", base / "llmtrace.log")
+        live: dict[str, Any] = {}
         try:
             app = run_app(script, app_args(lt))
+            if while_running is not None:
+                live = while_running(lt)
         finally:
             lt.terminate(timeout=60)
-        r = cls(name=name, service_name=service_name, llmtrace=lt, app=app)
+        r = cls(name=name, service_name=service_name, llmtrace=lt, app=app, live=live)
         r.files = parquet_files(lt.data_dir)
         if r.files:
             r.rows = read_spans(lt.data_dir)
@@ -261,6 +275,54 @@ def read_spans(data_dir: Path) -> list[dict[str, Any]]:
         return rows
     finally:
         con.close()
+
+
+def duckdb_sql(data_dir: Path, sql: str) -> list[dict[str, Any]]:
+    """Runs ``sql`` in DuckDB with a view ``spans`` over every Parquet file under
+    ``data_dir/spans`` (Hive partitioning, as :func:`read_spans`); rows as dicts."""
+    import duckdb
+
+    glob = str(data_dir / "spans" / "**" / "*.parquet").replace("'", "''")
+    con = duckdb.connect()
+    try:
+        con.execute(
+            f"CREATE VIEW spans AS SELECT * FROM read_parquet('{glob}', hive_partitioning=true, "
+            f"union_by_name=true, hive_types_autocast=false)"
+        )
+        cur = con.execute(sql)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+    finally:
+        con.close()
+
+
+def _api(lt: Llmtrace, path: str, body: dict[str, Any] | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    """GET (or, with ``body``, POST as JSON) ``path`` on llmtrace's API; the JSON answer.
+    Raises with the status and body on anything but 200."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        f"{lt.api_url}{path}", data=data, method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"{req.get_method()} {path} answered {e.code}: {e.read()[:2000]!r}") from e
+
+
+def api_stats(lt: Llmtrace, **params: str) -> dict[str, Any]:
+    """``GET /api/v1/stats`` with ``params`` (e.g. ``group_by="model"``)."""
+    return _api(lt, "/api/v1/stats?" + urllib.parse.urlencode(params))
+
+
+def api_query(lt: Llmtrace, sql: str) -> list[dict[str, Any]]:
+    """``POST /api/v1/query``; rows as dicts keyed by column name."""
+    answer = _api(lt, "/api/v1/query", {"sql": sql})
+    names = [c["name"] for c in answer["columns"]]
+    assert not answer.get("truncated"), f"query answer truncated: {sql}"
+    return [dict(zip(names, r)) for r in answer["rows"]]
 
 
 def otlp_status_to_column(code: str) -> str:

@@ -26,6 +26,10 @@ inclusive total that llmtrace's ``input_tokens`` column must hold.
   cache-write and cache-read calls; they answer 400 unless some block of the
   request (system, message content or tool) carries ``cache_control``, so the
   app really sends a prompt-caching request.
+* ids, as unkind as the real API's: every message gets its own id
+  (``msg_01`` and 22 base62 characters, :func:`new_message_id`) and every
+  answer its own ``request-id`` header (``req_01…``), also in error bodies; no
+  two calls share one, however close together they come.
 
 Run it alone with ``python mock_anthropic.py`` to poke at it by hand.
 """
@@ -36,7 +40,7 @@ import json
 import time
 from typing import Any
 
-from mock_http import MockHandler, MockServer, serve_until_interrupted
+from mock_http import MockHandler, MockServer, serve_until_interrupted, unique_token
 
 # The one table of canned answers, keyed by request model. Token fields are
 # exactly what the mock puts in ``usage`` (Anthropic semantics: input_tokens
@@ -129,6 +133,11 @@ EVENT_DELAY_S = 0.01
 _RATE_LIMIT_ERROR = MODELS[RATE_LIMITED_MODEL]["error"]
 
 
+def new_message_id() -> str:
+    """A message id in the real API's shape, ``msg_01XFDUDYJgAACzvnptvVoYEL``, unique per call."""
+    return "msg_01" + unique_token(22)
+
+
 def total_input_tokens(entry: dict[str, Any]) -> int:
     """Input tokens inclusive of cache reads and writes (llmtrace's normalisation)."""
     return entry["input_tokens"] + entry["cache_read_input_tokens"] + entry["cache_creation_input_tokens"]
@@ -171,8 +180,11 @@ class _Handler(MockHandler):
     route_ignores_query = True
 
     # -- helpers -----------------------------------------------------------
+    def new_request_id(self) -> str:
+        return "req_01" + unique_token(22)
+
     def default_headers(self) -> dict[str, str]:
-        return {"request-id": f"req_mock_{int(time.time() * 1000)}"}
+        return {"request-id": self.request_id}
 
     def send_client_error(self, status: int, message: str) -> None:
         err_type = "not_found_error" if status == 404 else "invalid_request_error"
@@ -181,7 +193,7 @@ class _Handler(MockHandler):
     def _send_api_error(self, status: int, err_type: str, message: str, extra_headers=None) -> None:
         self.send_json(
             status,
-            {"type": "error", "error": {"type": err_type, "message": message}, "request_id": "req_mock_error"},
+            {"type": "error", "error": {"type": err_type, "message": message}, "request_id": self.request_id},
             extra_headers,
         )
 
@@ -220,7 +232,7 @@ class _Handler(MockHandler):
             )
             return
 
-        msg_id = f"msg_mock_{model}_{int(time.time() * 1000)}"
+        msg_id = new_message_id()
         if not stream:
             self.send_json(
                 200,

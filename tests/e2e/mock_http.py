@@ -3,15 +3,28 @@
 A mock is a :class:`MockHandler` subclass, which answers the one JSON ``POST``
 route it serves, and a :class:`MockServer` subclass, which runs it in a
 background thread on 127.0.0.1 and remembers what each request asked for.
+Every request gets a new :attr:`MockHandler.request_id`, and :func:`unique_token`
+makes the random part of the ids the mocks hand out, so that no two calls ever
+share a response or request id (real providers' ids are unique per call).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def unique_token(length: int) -> str:
+    """``length`` random base62 characters (from the OS's CSPRNG, ~5.95 bits each): with the
+    lengths the mocks use (22 and more, over 130 bits) unique per call, as real providers'
+    response and request ids are."""
+    return "".join(secrets.choice(_BASE62) for _ in range(length))
 
 
 class MockHandler(BaseHTTPRequestHandler):
@@ -25,6 +38,9 @@ class MockHandler(BaseHTTPRequestHandler):
     route = ""
     # Whether a query string is ignored when matching ``route``.
     route_ignores_query = False
+    # The id of the request being answered: a new one for every request (keep-alive
+    # connections share a handler), made by :meth:`new_request_id`.
+    request_id = ""
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         if self.server.verbose:  # type: ignore[attr-defined]
@@ -37,6 +53,10 @@ class MockHandler(BaseHTTPRequestHandler):
 
     def send_client_error(self, status: int, message: str) -> None:
         """Answers an unknown path (404) or an unparsable body (400) in the API's error format."""
+        raise NotImplementedError
+
+    def new_request_id(self) -> str:
+        """A request id in the provider's shape, unique per request."""
         raise NotImplementedError
 
     def default_headers(self) -> dict[str, str]:
@@ -76,12 +96,14 @@ class MockHandler(BaseHTTPRequestHandler):
 
     # -- routes --------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802
+        self.request_id = self.new_request_id()
         if self.path in ("/healthz", "/"):
             self.send_json(200, {"ok": True})
         else:
             self.send_client_error(404, "not found")
 
     def do_POST(self) -> None:  # noqa: N802
+        self.request_id = self.new_request_id()
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         path = self.path.split("?")[0] if self.route_ignores_query else self.path

@@ -14,6 +14,10 @@ response model to expect, so no expected value is written down twice.
 * ``"stream": true`` answers with Server-Sent Events: a short delay, a few
   content chunks, a finish chunk and, when ``stream_options.include_usage``
   is true, a final chunk with an empty ``choices`` list and the ``usage``.
+* ids, as unkind as the real API's: every completion gets its own id
+  (``chatcmpl-`` and 29 base62 characters, :func:`new_completion_id`) and
+  every answer its own ``x-request-id`` header (``req_`` and 32 hex digits);
+  no two calls share one, however close together they come.
 
 Run it alone with ``python mock_openai.py`` to poke at it by hand.
 """
@@ -22,9 +26,10 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
-from mock_http import MockHandler, MockServer, serve_until_interrupted
+from mock_http import MockHandler, MockServer, serve_until_interrupted, unique_token
 
 # The one table of canned answers, keyed by request model.
 MODELS: dict[str, dict[str, Any]] = {
@@ -70,6 +75,12 @@ CHUNK_DELAY_S = 0.01
 _RATE_LIMIT_ERROR = MODELS[RATE_LIMITED_MODEL]["error"]
 
 
+def new_completion_id() -> str:
+    """A completion id in the real API's shape, ``chatcmpl-CQ7fN2kYd8LrTz4wPb1XsVh9mEa3u``,
+    unique per call."""
+    return "chatcmpl-" + unique_token(29)
+
+
 def _usage(entry: dict[str, Any]) -> dict[str, Any]:
     i, o = entry["input_tokens"], entry["output_tokens"]
     return {
@@ -91,10 +102,16 @@ class _Handler(MockHandler):
     route = "/v1/chat/completions"
 
     # -- helpers -----------------------------------------------------------
+    def new_request_id(self) -> str:
+        return "req_" + uuid.uuid4().hex
+
+    def default_headers(self) -> dict[str, str]:
+        return {"x-request-id": self.request_id}
+
     def send_client_error(self, status: int, message: str, code: str | None = None) -> None:
         self.send_json(status, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
 
-    def _send_error(self, err: dict[str, Any], model: str) -> None:
+    def _send_error(self, err: dict[str, Any]) -> None:
         self.send_json(
             err["status"],
             {
@@ -106,7 +123,6 @@ class _Handler(MockHandler):
                 }
             },
             {
-                "x-request-id": f"req_mock_{model}",
                 "retry-after": "1",
                 "x-ratelimit-limit-requests": "1",
                 "x-ratelimit-remaining-requests": "0",
@@ -122,17 +138,17 @@ class _Handler(MockHandler):
 
         forced = self.headers.get("x-mock-error")
         if forced == "429":
-            self._send_error(_RATE_LIMIT_ERROR, model)
+            self._send_error(_RATE_LIMIT_ERROR)
             return
         entry = MODELS.get(model)
         if entry is None:
             self.send_client_error(404, f"The model `{model}` does not exist", "model_not_found")
             return
         if "error" in entry:
-            self._send_error(entry["error"], model)
+            self._send_error(entry["error"])
             return
 
-        completion_id = f"chatcmpl-mock-{model}-{int(time.time() * 1000)}"
+        completion_id = new_completion_id()
         created = int(time.time())
         if not stream:
             self.send_json(

@@ -2,7 +2,7 @@
 
 * :class:`AppTracing`: the OpenTelemetry Python SDK set up as both apps use it
   (TracerProvider with the e2e resource, BatchSpanProcessor to an OTLP exporter
-  whose every export result is recorded, SimpleSpanProcessor to an in-memory
+  whose every export request and result is recorded, SimpleSpanProcessor to an in-memory
   copy of the pipeline), the application root span, and the end of the run:
   flush, shut down and print the one JSON document the tests read;
 * :func:`otlp_exporter`: the OTLP span exporter for ``http`` or ``grpc``;
@@ -24,15 +24,20 @@ APP_ROOT_SPAN = "e2e.app.run"
 
 
 class RecordingExporter:
-    """Wraps an exporter and remembers every export result."""
+    """Wraps an exporter and remembers every export result, and which spans each export
+    request carried (``batches``: span ids as hex, in the order the requests were sent; the
+    BatchSpanProcessor sends one at a time, so also the order they were acknowledged)."""
 
     def __init__(self, inner):
         self._inner = inner
         self._lock = threading.Lock()
         self.results: list[str] = []
+        self.batches: list[list[str]] = []
         self.exported_spans = 0
 
     def export(self, spans: Sequence[Any]):
+        with self._lock:
+            self.batches.append([format(s.get_span_context().span_id, "016x") for s in spans])
         try:
             res = self._inner.export(spans)
         except Exception as e:  # pragma: no cover - surfaced in the JSON output
@@ -104,9 +109,10 @@ def otlp_exporter(protocol: str, endpoint: str):
 
 class AppTracing:
     """The app's global TracerProvider; ``first_processors`` are added before the export
-    and in-memory ones."""
+    and in-memory ones. ``max_export_batch_size`` caps the spans per OTLP export request
+    (the SDK's default, 512, when None)."""
 
-    def __init__(self, service_name: str, exporter, *first_processors):
+    def __init__(self, service_name: str, exporter, *first_processors, max_export_batch_size: int | None = None):
         from opentelemetry import trace
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -126,7 +132,8 @@ class AppTracing:
         )
         for p in first_processors:
             self.provider.add_span_processor(p)
-        self.provider.add_span_processor(BatchSpanProcessor(self.recording, schedule_delay_millis=200))
+        batch_kw = {} if max_export_batch_size is None else {"max_export_batch_size": max_export_batch_size}
+        self.provider.add_span_processor(BatchSpanProcessor(self.recording, schedule_delay_millis=200, **batch_kw))
         self.provider.add_span_processor(SimpleSpanProcessor(self.memory))
         trace.set_tracer_provider(self.provider)
         self._trace = trace
@@ -149,6 +156,7 @@ class AppTracing:
         out = {
             **out,
             "export_results": recording.results,
+            "export_batches": recording.batches,
             "exported_spans": recording.exported_spans,
             "force_flush": flushed,
             "spans": spans,

@@ -6,22 +6,40 @@ mocks answered, normalised (Anthropic's input tokens made inclusive of cache rea
 writes), and be priced from the price book (``llmtrace prices lookup``) with the formula
 of docs/price-book.md, computed here with ``decimal``.
 
-Two scenarios, each with its own llmtrace process and data dir:
+Four scenarios, each with its own llmtrace process and data dir:
 
 * ``openllmetry``: the anthropic SDK's own OpenTelemetry spans turned off, so every call
-  makes exactly one span, OpenLLMetry's (``openai.chat`` / ``anthropic.chat``);
+  makes exactly one span, OpenLLMetry's (``openai.chat`` / ``anthropic.chat``), all under
+  one application root span;
 * ``openllmetry+anthropic-sdk``: anthropic 2.x's own spans on, as they are by default:
   each Anthropic call also makes an ``anthropic.messages.create`` span (scope
-  ``com.anthropic.sdk.python``, semconv attributes), a sibling of OpenLLMetry's with the
-  same ``gen_ai.response.id``. llmtrace counts such a call once: one span of the pair keeps
-  the LLM facts and is checked like any other, the other is stored as a non-LLM span
-  pointing at it (``attributes['llmtrace.duplicate_of']``). The 429 spans carry no
-  response id, so both stay LLM rows (without tokens or cost).
+  ``com.anthropic.sdk.python``, semconv attributes), a sibling of OpenLLMetry's under the
+  app's root span, with the same ``gen_ai.response.id``;
+* ``openllmetry+anthropic-sdk/no-parent``: the same, but the app makes its calls without
+  any parent span, as most applications do: the two spans of an Anthropic call are then
+  roots of two different traces (checked on what the app sent), and may arrive in the
+  same export request or in two;
+* ``openllmetry+anthropic-sdk/no-parent/batch-1``: the same, exported one span per request
+  (``max_export_batch_size=1``), so the two spans of a call always arrive in different
+  export requests.
+
+Whatever the trace and request each span of a pair arrives in, llmtrace counts the call
+once: one span keeps the LLM facts and is checked like any other, the other is stored as a
+non-LLM span pointing at it (``attributes['llmtrace.duplicate_of']``). That holds for the
+pair of a successful call (same response id, overlapping times) and for the pair of the
+rate-limited call, which carries no response id: exactly one LLM row per call. Which span
+is kept: within one export request the deepest, then the one with more token facts, then
+the earliest start, then the lowest (trace id, span id); across requests the first
+acknowledged, which the tests check for every pair whose spans were exported in different
+requests. The per-model sums of calls, errors, tokens and cost (DuckDB over the Parquet
+files, SQL through the live server's ``POST /api/v1/query``, and its
+``/api/v1/stats?group_by=model``) must be one count per call of the mock's numbers.
 
 Expected token counts and models come from ``mock_openai.MODELS`` and
-``mock_anthropic.MODELS``; cache, reasoning and streaming columns are expected to be what
-the span carried (0 if it sent 0, null if it sent nothing); ids, times and status come
-from the spans the app reports having sent.
+``mock_anthropic.MODELS`` (the mocks give every response its own id, as real providers
+do); cache, reasoning and streaming columns are expected to be what the span carried (0 if
+it sent 0, null if it sent nothing); ids, times and status come from the spans the app
+reports having sent.
 """
 
 from __future__ import annotations
@@ -55,9 +73,15 @@ CALLS: dict[str, tuple[str, str]] = {
 }
 STREAM_CALLS = {"openai_stream", "anthropic_stream"}
 
-SCENARIOS = {
-    "openllmetry": {"anthropic_sdk_tracing": "off"},
-    "openllmetry+anthropic-sdk": {"anthropic_sdk_tracing": "on"},
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "openllmetry": {"anthropic_sdk_tracing": "off", "app_root_span": "on", "max_export_batch_size": None},
+    "openllmetry+anthropic-sdk": {"anthropic_sdk_tracing": "on", "app_root_span": "on", "max_export_batch_size": None},
+    "openllmetry+anthropic-sdk/no-parent": {
+        "anthropic_sdk_tracing": "on", "app_root_span": "off", "max_export_batch_size": None,
+    },
+    "openllmetry+anthropic-sdk/no-parent/batch-1": {
+        "anthropic_sdk_tracing": "on", "app_root_span": "off", "max_export_batch_size": 1,
+    },
 }
 
 OLM_SCOPES = ("opentelemetry.instrumentation.openai", "opentelemetry.instrumentation.anthropic")
@@ -220,6 +244,17 @@ class Run(harness.AppRun):
     def sdk_tracing(self) -> bool:
         return SCENARIOS[self.name]["anthropic_sdk_tracing"] == "on"
 
+    @property
+    def has_app_root(self) -> bool:
+        return SCENARIOS[self.name]["app_root_span"] == "on"
+
+    def export_request_of(self, span_id: str) -> int:
+        """The position of the OTLP export request that carried the span (requests are sent,
+        and acknowledged, one after the other)."""
+        found = [n for n, ids in enumerate(self.app["export_batches"]) if span_id in ids]
+        assert len(found) == 1, f"span {span_id} in export requests {found}"
+        return found[0]
+
     def sent_by_id(self) -> dict[str, dict[str, Any]]:
         return {s["span_id"]: s for s in self.sent_spans()}
 
@@ -235,42 +270,77 @@ class Run(harness.AppRun):
     def expected_span_count(self, call: str) -> int:
         return 2 if (self.sdk_tracing and CALLS[call][0] == "anthropic") else 1
 
+    def kept_span(self, call: str) -> dict[str, Any]:
+        """The span of the call that keeps its LLM facts: the one stored with is_llm (exactly
+        one must be, see test_each_call_is_one_llm_row), or the first if that is not so."""
+        spans = self.call_spans(call)
+        kept = [s for s in spans if self.row(s["span_id"]).get("is_llm") is True]
+        return kept[0] if len(kept) == 1 else spans[0]
+
     def roles(self, call: str) -> dict[str, str | None]:
-        """span id -> None for a span that must be an LLM row, or the span id of the row it
-        duplicates. Spans of one call that share a gen_ai.response.id are one LLM call: the
-        keeper is the one stored with is_llm (exactly one must be; see test_duplicates_counted_once)."""
-        groups: dict[Any, list[str]] = {}
-        for s in self.call_spans(call):
-            groups.setdefault(s["attributes"].get("gen_ai.response.id"), []).append(s["span_id"])
-        roles: dict[str, str | None] = {}
-        for rid, ids in groups.items():
-            if rid is None or len(ids) == 1:
-                roles.update({i: None for i in ids})
-                continue
-            keepers = [i for i in ids if self.row(i).get("is_llm") is True]
-            keeper = keepers[0] if len(keepers) == 1 else ids[0]
-            roles.update({i: (None if i == keeper else keeper) for i in ids})
-        return roles
+        """span id -> None for the span that must be the call's LLM row, or the span id of
+        that row for the others. All spans of one call are one LLM call."""
+        keeper = self.kept_span(call)["span_id"]
+        return {s["span_id"]: (None if s["span_id"] == keeper else keeper) for s in self.call_spans(call)}
+
+
+# Per model over the LLM calls: calls, failed calls, input and output tokens, cost, unpriced
+# calls. {table} is the spans' table (`spans`, then WHERE is_llm) or `llm_calls`.
+PER_MODEL_SQL = """
+SELECT model,
+       count(*) AS requests,
+       count(*) FILTER (WHERE status = 'error') AS errors,
+       coalesce(sum(input_tokens), 0) AS input_tokens,
+       coalesce(sum(output_tokens), 0) AS output_tokens,
+       coalesce(sum(cost_usd), 0) AS cost_usd,
+       count(*) FILTER (WHERE cost_status = 'unpriced') AS unpriced
+FROM {table}
+GROUP BY model
+"""
+
+
+def ask_live_server(lt: harness.Llmtrace) -> dict[str, Any]:
+    """After the app's last export was acknowledged, before SIGTERM: the per-model sums as
+    the live server answers them (SQL over `llm_calls`, which covers acknowledged spans not
+    yet flushed, and the live aggregates). A failed question is kept as its error."""
+    live: dict[str, Any] = {}
+    questions = {
+        "api-query": lambda: harness.api_query(lt, PER_MODEL_SQL.format(table="llm_calls")),
+        "api-stats": lambda: harness.api_stats(lt, group_by="model", window="15m")["groups"],
+    }
+    for name, ask in questions.items():
+        try:
+            live[name] = ask()
+        except Exception as e:  # noqa: BLE001 - reported by the test that reads it
+            live[name] = {"error": f"{type(e).__name__}: {e}"}
+    return live
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name)
 
 
 @pytest.fixture(scope="module", params=list(SCENARIOS))
 def run(request, tmp_path_factory, mock_openai_server, mock_anthropic_server) -> Run:
     name = request.param
-    base = tmp_path_factory.mktemp(f"openllmetry-{name.replace('+', '-')}")
-    service_name = f"llmtrace-e2e-{name.replace('+', '-')}"
-    return Run.execute(
-        name,
-        service_name,
-        base,
-        APP,
-        lambda lt: [
+    scenario = SCENARIOS[name]
+    base = tmp_path_factory.mktemp(f"openllmetry-{slug(name)}")
+    service_name = f"llmtrace-e2e-{slug(name)}"
+
+    def app_args(lt: harness.Llmtrace) -> list[str]:
+        args = [
             "--openai-base-url", mock_openai_server.base_url,
             "--anthropic-base-url", mock_anthropic_server.base_url,
             "--otlp-endpoint", lt.http_traces_url,
             "--service-name", service_name,
-            "--anthropic-sdk-tracing", SCENARIOS[name]["anthropic_sdk_tracing"],
-        ],
-    )
+            "--anthropic-sdk-tracing", scenario["anthropic_sdk_tracing"],
+            "--app-root-span", scenario["app_root_span"],
+        ]
+        if scenario["max_export_batch_size"] is not None:
+            args += ["--max-export-batch-size", str(scenario["max_export_batch_size"])]
+        return args
+
+    return Run.execute(name, service_name, base, APP, app_args, while_running=ask_live_server)
 
 
 class Mismatches:
@@ -316,7 +386,41 @@ def test_app_exported_all_spans(run: Run):
                 assert got[k] == e[k], (call, k, got)
             assert got["model"] == e["response_model"]
         assert len(got["span_ids"]) == run.expected_span_count(call), (call, got["span_ids"])
-    assert len(run.sent_spans()) == 1 + sum(run.expected_span_count(c) for c in CALLS)
+    app_root = 1 if run.has_app_root else 0
+    assert len(run.sent_spans()) == app_root + sum(run.expected_span_count(c) for c in CALLS)
+
+
+def test_call_spans_placed_as_the_scenario_says(run: Run):
+    """What the instrumentations really do with the pinned packages, so that the scenarios
+    test what they claim: the two spans of an Anthropic call (SDK's and OpenLLMetry's) are
+    siblings under the app's root span, or, without one, roots of two different traces;
+    both carry the mock's response id when the call succeeded, neither when it failed; and
+    with one span per export request, they arrive in different requests."""
+    response_ids = []
+    for call in CALLS:
+        spans = run.call_spans(call)
+        sources = sorted(span_source(s) for s in spans)
+        if run.expected_span_count(call) == 2:
+            assert sources == ["anthropic-sdk", "openllmetry"], (call, sources)
+        else:
+            assert sources == ["openllmetry"], (call, sources)
+        if run.has_app_root:
+            root = run.sent_root()
+            for s in spans:
+                assert (s["trace_id"], s["parent_span_id"]) == (root["trace_id"], root["span_id"]), (call, s["name"])
+        else:
+            assert all(s["parent_span_id"] is None for s in spans), (call, [s["parent_span_id"] for s in spans])
+            assert len({s["trace_id"] for s in spans}) == len(spans), f"{call}: spans share a trace"
+        ids = {s["attributes"].get("gen_ai.response.id") for s in spans}
+        if is_failed(call):
+            assert ids == {None}, (call, ids)
+        else:
+            assert len(ids) == 1 and None not in ids, (call, ids)
+            response_ids.append(ids.pop())
+        if SCENARIOS[run.name]["max_export_batch_size"] == 1:
+            requests = [run.export_request_of(s["span_id"]) for s in spans]
+            assert len(set(requests)) == len(spans), f"{call}: spans exported in requests {requests}"
+    assert len(set(response_ids)) == len(response_ids), f"calls share a response id: {response_ids}"
 
 
 @pytest.mark.parametrize("call", list(CALLS))
@@ -359,39 +463,60 @@ def test_every_sent_span_stored_once(run: Run):
     assert sorted(r["span_id"] for r in run.rows) == sorted(s["span_id"] for s in run.sent_spans())
 
 
-def test_duplicates_counted_once(run: Run):
-    """Spans of one call with the same gen_ai.response.id: exactly one keeps the LLM facts,
-    the others are stored as non-LLM spans that name it in llmtrace.duplicate_of."""
+@pytest.mark.parametrize("call", list(CALLS))
+def test_each_call_is_one_llm_row(run: Run, call: str):
+    """All spans of one call, whatever trace and export request each arrived in, with the
+    same response id or (the rate-limited call) none: exactly one keeps the LLM facts, the
+    others are stored as non-LLM spans that name it in llmtrace.duplicate_of."""
+    spans = run.call_spans(call)
+    rows = {s["span_id"]: run.row(s["span_id"]) for s in spans}
+    keepers = [i for i, r in rows.items() if r["is_llm"] is True]
+    assert len(keepers) == 1, (
+        f"{run.name} / {call}: is_llm rows {keepers} among the call's spans "
+        f"{[(s['name'], s['span_id'], s['trace_id'], run.export_request_of(s['span_id'])) for s in spans]} "
+        "(name, span id, trace id, export request)"
+    )
+    for i, r in rows.items():
+        if i == keepers[0]:
+            continue
+        m = Mismatches(f"{run.name} / {call} / duplicate span {i} of {keepers[0]}")
+        attrs = dict(r["attributes"] or {})
+        m.eq("is_llm", r["is_llm"], False)
+        m.eq("attributes[llmtrace.duplicate_of]", attrs.get("llmtrace.duplicate_of"), keepers[0])
+        m.eq("cost_status", r["cost_status"], "not_llm")
+        m.eq("cost_usd", r["cost_usd"], None)
+        for col in ("provider", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+            m.eq(col, r[col], None)
+        # the raw attributes stay
+        sent = run.sent_by_id()[i]["attributes"]
+        for name in ("gen_ai.usage.input_tokens", "gen_ai.response.id"):
+            m.eq(f"attributes[{name}]", attrs.get(name), None if name not in sent else str(sent[name]))
+        m.assert_none()
+
+
+def test_across_requests_the_first_acknowledged_span_is_kept(run: Run):
+    """For every call whose spans arrived in different export requests (always so with one
+    span per request; by chance of the batch timer otherwise), the span kept as the LLM call
+    is the one acknowledged first."""
+    if not run.sdk_tracing:
+        pytest.skip("one span per call: no pair to keep one of")
+    crossed = 0
     for call in CALLS:
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for s in run.call_spans(call):
-            rid = s["attributes"].get("gen_ai.response.id")
-            if rid is not None:
-                groups.setdefault(rid, []).append(s)
-        for rid, spans in groups.items():
-            if len(spans) < 2:
-                continue
-            rows = {s["span_id"]: run.row(s["span_id"]) for s in spans}
-            keepers = [i for i, r in rows.items() if r["is_llm"] is True]
-            assert len(keepers) == 1, (
-                f"{call}: spans {[(s['name'], s['span_id']) for s in spans]} share response id {rid!r}; "
-                f"is_llm rows among them: {keepers}"
-            )
-            for i, r in rows.items():
-                if i == keepers[0]:
-                    continue
-                m = Mismatches(f"{run.name} / {call} / duplicate span {i} of {keepers[0]}")
-                m.eq("is_llm", r["is_llm"], False)
-                m.eq("attributes[llmtrace.duplicate_of]", dict(r["attributes"] or {}).get("llmtrace.duplicate_of"), keepers[0])
-                m.eq("cost_status", r["cost_status"], "not_llm")
-                m.eq("cost_usd", r["cost_usd"], None)
-                for col in ("provider", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
-                    m.eq(col, r[col], None)
-                # the raw attributes stay
-                sent = run.sent_by_id()[i]["attributes"]
-                m.eq("attributes[gen_ai.usage.input_tokens]", dict(r["attributes"] or {}).get("gen_ai.usage.input_tokens"),
-                     str(sent["gen_ai.usage.input_tokens"]))
-                m.assert_none()
+        spans = run.call_spans(call)
+        requests = {s["span_id"]: run.export_request_of(s["span_id"]) for s in spans}
+        if len(spans) < 2 or len(set(requests.values())) < 2:
+            continue
+        crossed += 1
+        first = min(requests, key=requests.get)
+        kept = [i for i in requests if run.row(i)["is_llm"] is True]
+        assert kept == [first], (
+            f"{run.name} / {call}: kept {kept}, first acknowledged {first} "
+            f"(export request per span: {requests})"
+        )
+    if SCENARIOS[run.name]["max_export_batch_size"] == 1:
+        assert crossed == sum(1 for c in CALLS if run.expected_span_count(c) == 2)
+    if crossed == 0:
+        pytest.skip("the batch timer split no call's spans across export requests in this run")
 
 
 def test_llm_rows_are_the_llm_spans(run: Run):
@@ -403,9 +528,10 @@ def test_llm_rows_are_the_llm_spans(run: Run):
         f"{[(by_id.get(i, {}).get('name'), i) for i in set(got) - set(want)]}, missing: "
         f"{[(by_id[i]['name'], by_id[i]['scope'], i) for i in set(want) - set(got)]}"
     )
-    root = run.row(run.sent_root()["span_id"])
-    assert root["is_llm"] is False
-    assert root["cost_usd"] is None and root["cost_status"] == "not_llm", (root["cost_usd"], root["cost_status"])
+    if run.has_app_root:
+        root = run.row(run.sent_root()["span_id"])
+        assert root["is_llm"] is False
+        assert root["cost_usd"] is None and root["cost_status"] == "not_llm", (root["cost_usd"], root["cost_status"])
 
 
 # ---------------------------------------------------------------------------
@@ -416,7 +542,6 @@ def test_llm_rows_are_the_llm_spans(run: Run):
 def test_llm_call_row(run: Run, call: str):
     provider, request_model = CALLS[call]
     failed = is_failed(call)
-    root_id = run.sent_root()["span_id"]
     roles = run.roles(call)
     for sent in run.call_spans(call):
         if roles[sent["span_id"]] is not None:
@@ -429,7 +554,7 @@ def test_llm_call_row(run: Run, call: str):
         m.check(bool(HEX32.match(row["trace_id"] or "")), f"trace_id {row['trace_id']!r}")
         m.check(bool(HEX16.match(row["span_id"] or "")), f"span_id {row['span_id']!r}")
         m.eq("trace_id", row["trace_id"], sent["trace_id"])
-        m.eq("parent_span_id", row["parent_span_id"], root_id)
+        m.eq("parent_span_id", row["parent_span_id"], sent["parent_span_id"])
         m.eq("service_name", row["service_name"], run.service_name)
         m.eq("span_name", row["span_name"], sent["name"])
         m.eq("scope_name", row["scope_name"], sent["scope"])
@@ -555,3 +680,85 @@ def test_llm_call_cost(run: Run, call: str):
         )
         assert row["price_id"] == matched["id"], (what, row["price_id"], matched["id"])
         assert row["price_version"] == book_version, (what, row["price_version"], book_version)
+
+
+# ---------------------------------------------------------------------------
+# per-model sums: each call counted once
+
+
+@dataclass
+class Totals:
+    """What the LLM calls of one model add up to."""
+
+    requests: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)  # priced calls only
+    unpriced: int = 0
+
+
+def expected_totals(run: Run) -> dict[str, Totals]:
+    """One count per call of the mock's numbers, by the model column's value (the response
+    model, or the requested one when the call failed). A call's tokens are those its kept span
+    carries (expected_tokens: the mock's, except OpenLLMetry's stream quirk)."""
+    out: dict[str, Totals] = {}
+    for call, (provider, request_model) in CALLS.items():
+        response_model = expected_response_model(call)
+        t = out.setdefault(response_model or request_model, Totals())
+        t.requests += 1
+        tok = expected_tokens(call, run.kept_span(call))
+        if tok is None:
+            t.errors += 1
+        else:
+            t.input_tokens += tok.input_tokens
+            t.output_tokens += tok.output_tokens
+        matched, _ = price_entry(provider, response_model, request_model)
+        if matched is None:
+            t.unpriced += 1
+        elif tok is not None:
+            t.cost_usd += expected_cost(matched, tok)
+    return out
+
+
+def stored_totals(run: Run, source: str) -> dict[str, Totals]:
+    """The per-model sums as one source answers them: DuckDB over the Parquet files, or the
+    live server's SQL (`llm_calls`) or stats, asked before shutdown."""
+    if source == "parquet":
+        rows = harness.duckdb_sql(
+            run.llmtrace.data_dir, PER_MODEL_SQL.format(table="(SELECT * FROM spans WHERE is_llm)")
+        )
+    else:
+        rows = run.live[source]
+        assert not (isinstance(rows, dict) and "error" in rows), f"{source}: {rows['error']}"
+    return {
+        r["model"]: Totals(
+            requests=int(r["requests"]),
+            errors=int(r["errors"]),
+            input_tokens=int(r["input_tokens"] or 0),
+            output_tokens=int(r["output_tokens"] or 0),
+            cost_usd=Decimal(str(r["cost_usd"] or 0)),
+            unpriced=int(r["unpriced"]),
+        )
+        for r in rows
+    }
+
+
+@pytest.mark.parametrize("source", ["parquet", "api-query", "api-stats"])
+def test_per_model_sums_count_each_call_once(run: Run, source: str):
+    """Per model: calls, failed calls, input and output tokens, cost and unpriced calls add up
+    to one count per call, in the Parquet files and in the live server's SQL and stats alike.
+    A call counted twice (its SDK and OpenLLMetry spans in two traces, or in two export
+    requests, or the two spans of the rate-limited call) shows as a doubled model here."""
+    want = expected_totals(run)
+    got = stored_totals(run, source)
+    m = Mismatches(f"{run.name} / per-model sums from {source}")
+    m.eq("models", sorted(got), sorted(want))
+    for model in sorted(set(want) & set(got)):
+        w, g = want[model], got[model]
+        for col in ("requests", "errors", "input_tokens", "output_tokens", "unpriced"):
+            m.eq(f"{model}: {col}", getattr(g, col), getattr(w, col))
+        # The stats sum nano-dollars (each call's cost rounded to 1e-9); the SQL sums floats.
+        m.check(math.isclose(g.cost_usd, w.cost_usd, rel_tol=1e-9, abs_tol=1e-9 * w.requests),
+                f"{model}: cost_usd: stored {g.cost_usd}, expected {w.cost_usd}")
+    m.assert_none()

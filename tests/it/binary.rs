@@ -70,7 +70,22 @@ pub fn start(data: &Path) -> (Server, String, String) {
 
 /// [`start`] with extra `LLMTRACE_*` settings.
 pub fn start_with_env(data: &Path, settings: &[(&str, &str)]) -> (Server, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llmtrace"))
+    let (server, addrs) = start_with_addrs(data, settings);
+    (server, addrs.http, addrs.api)
+}
+
+/// The addresses a server logged it listens on.
+pub struct Addrs {
+    pub grpc: String,
+    pub http: String,
+    pub api: String,
+}
+
+/// [`start_with_env`], returning the gRPC address too.
+/// `llmtrace serve` on `data` and free ports, logging at info.
+pub fn serve_command(data: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_llmtrace"));
+    command
         .args(["serve", "--data-dir"])
         .arg(data)
         .args([
@@ -81,13 +96,39 @@ pub fn start_with_env(data: &Path, settings: &[(&str, &str)]) -> (Server, String
             "--api-addr",
             "127.0.0.1:0",
         ])
-        // Frequent flushes, so kills land before, during and after writes.
-        .env("LLMTRACE_STORAGE_FLUSH_INTERVAL", "150ms")
-        .env("LLMTRACE_QUERY_MAX_ROWS", "10000000")
         // The test's own knob is not a server setting (the server refuses
         // LLMTRACE_* variables it does not know).
         .env_remove("LLMTRACE_CRASH_ROUNDS")
-        .env("LLMTRACE_LOG", "info")
+        .env("LLMTRACE_LOG", "info");
+    command
+}
+
+/// The rows of `sql` through a server's API at `api`.
+pub async fn api_rows(api: &str, sql: &str) -> Vec<serde_json::Value> {
+    let body = serde_json::json!({ "sql": sql }).to_string();
+    let text = reqwest::Client::new()
+        .post(format!("http://{api}/api/v1/query"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["truncated"], false, "raise query.max_rows: {text}");
+    v["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{text}"))
+        .clone()
+}
+
+pub fn start_with_addrs(data: &Path, settings: &[(&str, &str)]) -> (Server, Addrs) {
+    let mut child = serve_command(data)
+        // Frequent flushes, so kills land before, during and after writes.
+        .env("LLMTRACE_STORAGE_FLUSH_INTERVAL", "150ms")
+        .env("LLMTRACE_QUERY_MAX_ROWS", "10000000")
         .envs(settings.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
@@ -103,15 +144,20 @@ pub fn start_with_env(data: &Path, settings: &[(&str, &str)]) -> (Server, String
                         .and_then(|r| r.split_whitespace().next())
                         .map(str::to_owned)
                 };
-                let _ = tx.send((field("http"), field("api")));
+                let _ = tx.send((field("grpc"), field("http"), field("api")));
             }
         }
     });
     let child = Server(child);
-    let (http, api) = rx
+    let (grpc, http, api) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("listening line logged");
-    (child, http.unwrap(), api.unwrap())
+    let addrs = Addrs {
+        grpc: grpc.unwrap(),
+        http: http.unwrap(),
+        api: api.unwrap(),
+    };
+    (child, addrs)
 }
 
 /// Span ids acknowledged so far.

@@ -17,20 +17,7 @@ use crate::binary::{spawn_senders, start, terminate, Acked};
 use crate::support::now_nanos;
 
 async fn rows(api: &str, sql: &str) -> Vec<Value> {
-    let body = serde_json::json!({ "sql": sql }).to_string();
-    let text = reqwest::Client::new()
-        .post(format!("http://{api}/api/v1/query"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["truncated"], false, "raise query.max_rows: {text}");
-    v["rows"].as_array().unwrap().clone()
+    crate::binary::api_rows(api, sql).await
 }
 
 async fn stored_span_ids(api: &str) -> Vec<String> {

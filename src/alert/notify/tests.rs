@@ -1025,10 +1025,11 @@ async fn slack_secret_never_reaches_error_text_or_logs() {
         logs.contains(&format!("http://127.0.0.1:{port}/…")),
         "logs name the redacted URL: {logs}"
     );
-    assert!(
-        logs.contains("retrying") && logs.contains("notification dropped"),
-        "{logs}"
-    );
+    // The retry's own line is not asserted: a callsite first hit by a
+    // concurrent test's thread without a subscriber can be cached as
+    // uninteresting, and this capture then misses it (seen in full runs).
+    // Whatever was captured is checked for the secret above.
+    assert!(logs.contains("notification dropped"), "{logs}");
 }
 
 #[tokio::test]

@@ -11,6 +11,8 @@ pub(super) struct Faults {
     /// Bytes of the next batch to write before its write fails.
     write_failure: Mutex<Option<usize>>,
     sync_failures: AtomicU32,
+    /// Whether cutting the next failed batch back off its file fails.
+    cut_failure: AtomicBool,
 }
 
 impl Faults {
@@ -24,6 +26,14 @@ impl Faults {
 
     pub(super) fn take_write_failure(&self) -> Option<usize> {
         self.write_failure.lock().unwrap().take()
+    }
+
+    fn fail_next_cut(&self) {
+        self.cut_failure.store(true, Ordering::SeqCst);
+    }
+
+    pub(super) fn take_cut_failure(&self) -> bool {
+        self.cut_failure.swap(false, Ordering::SeqCst)
     }
 
     pub(super) fn take_sync_failure(&self) -> bool {
@@ -513,6 +523,66 @@ fn a_failed_write_is_cut_back_and_later_appends_continue() {
     let payloads: Vec<_> = replay_all(replay).into_iter().map(|r| r.payload).collect();
     assert_eq!(payloads, (0..4).map(payload).collect::<Vec<_>>());
     assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+/// ENOSPC half way through a batch, and the cut back fails too (the disk
+/// may refuse even that): the garbage stays at the end of its segment, and
+/// the next append goes to a new segment rather than after it.
+#[test]
+fn a_torn_batch_that_cannot_be_cut_back_is_left_behind_in_its_own_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let ok: Vec<_> = (0..3).map(|i| wal.append(&payload(i)).unwrap()).collect();
+    wal.faults().fail_next_write_after(11);
+    wal.faults().fail_next_cut();
+    let err = wal.append(&payload(100)).unwrap_err();
+    assert!(matches!(err, WalError::Io { op: "write", .. }), "{err}");
+    let torn = segment_path(dir.path(), ok[0].segment);
+    let garbage_end = ok[2].offset + 8 + payload(2).len() as u64 + 11;
+    assert_eq!(
+        file_len(&torn),
+        garbage_end,
+        "the torn batch is still there"
+    );
+    let after: Vec<_> = (3..5).map(|i| wal.append(&payload(i)).unwrap()).collect();
+    assert_eq!(after[0].segment, ok[0].segment + 1, "not after the garbage");
+    assert_eq!(file_len(&torn), garbage_end, "nothing appended after it");
+    drop(wal);
+    // Replay reports damage in older segments as it reads them.
+    let ((_wal, replay), warnings) = Warnings::capture(|| {
+        let (wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        (wal, replay_all(replay))
+    });
+    let payloads: Vec<_> = replay.into_iter().map(|r| r.payload).collect();
+    assert_eq!(
+        payloads,
+        (0..5).map(payload).collect::<Vec<_>>(),
+        "every acknowledged record once, the failed one not at all"
+    );
+    assert_eq!(warnings.len(), 1, "the torn tail is reported: {warnings:?}");
+}
+
+/// A failed write that was cut back leaves no trace: replay sees exactly
+/// the appends that succeeded, before and after, whatever byte it failed at.
+#[test]
+fn a_write_failing_at_any_byte_is_never_replayed() {
+    let record = payload(7);
+    for at in [0, 1, 4, 7, 8, 9, 8 + record.len() - 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        wal.append(&payload(0)).unwrap();
+        wal.faults().fail_next_write_after(at);
+        assert!(wal.append(&record).is_err(), "fails after {at} bytes");
+        wal.append(&payload(1)).unwrap();
+        drop(wal);
+        let ((_wal, replay), warnings) = Warnings::capture(|| {
+            let (wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+            (wal, replay_all(replay))
+        });
+        let payloads: Vec<_> = replay.into_iter().map(|r| r.payload).collect();
+        assert_eq!(payloads, vec![payload(0), payload(1)], "failed after {at}");
+        assert!(warnings.is_empty(), "failed after {at}: {warnings:?}");
+    }
 }
 
 #[test]
