@@ -146,6 +146,13 @@ pub struct QueryConfig {
     pub memory_limit: ByteSize,
     /// Rows returned at most; the answer says when it was truncated.
     pub max_rows: usize,
+    /// Bytes of the answer (as Arrow) at most; cut like `max_rows`.
+    pub max_result_bytes: ByteSize,
+    /// Statements longer than this are refused before they are parsed.
+    pub max_sql_bytes: ByteSize,
+    /// Statements whose expressions nest deeper than this (an operator
+    /// chain counts one level per operator) are refused before planning.
+    pub max_expr_depth: usize,
 }
 
 impl Default for QueryConfig {
@@ -154,6 +161,9 @@ impl Default for QueryConfig {
             timeout: HumanDuration(Duration::from_secs(30)),
             memory_limit: ByteSize(256 << 20),
             max_rows: 100_000,
+            max_result_bytes: ByteSize(32 << 20),
+            max_sql_bytes: ByteSize(1 << 20),
+            max_expr_depth: 1000,
         }
     }
 }
@@ -164,6 +174,11 @@ impl QueryConfig {
             timeout: self.timeout.0,
             memory_bytes: self.memory_limit.as_usize(),
             max_rows: self.max_rows,
+            max_result_bytes: self.max_result_bytes.as_usize(),
+            statement: crate::query::guard::StatementLimits {
+                max_bytes: self.max_sql_bytes.as_usize(),
+                max_depth: self.max_expr_depth,
+            },
         }
     }
 }
@@ -194,6 +209,21 @@ pub struct ServerConfig {
     pub api_addr: SocketAddr,
     /// How long shutdown waits for in-flight requests before flushing anyway.
     pub shutdown_grace: HumanDuration,
+    /// A connection must send a complete request head within this (its first
+    /// one from accept, later HTTP/1.1 ones from the end of the previous
+    /// response), or it is closed: slow or silent clients hold no slot.
+    pub header_read_timeout: HumanDuration,
+    /// A request body must arrive completely within this from its head;
+    /// longer, it is refused (HTTP 408, gRPC DEADLINE_EXCEEDED) and
+    /// everything charged for it is given back.
+    pub body_read_timeout: HumanDuration,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/2 and gRPC; an idle HTTP/1.1 one is closed sooner, by
+    /// `header_read_timeout`).
+    pub idle_timeout: HumanDuration,
+    /// Open connections per listener (OTLP gRPC, OTLP HTTP, API); past it,
+    /// new ones wait in the kernel's accept queue until one closes.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -275,6 +305,10 @@ impl Default for ServerConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 4318)),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            body_read_timeout: HumanDuration(Duration::from_secs(30)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            max_connections: 1024,
         }
     }
 }
@@ -362,6 +396,21 @@ impl Config {
         }
         if !(1..=22).contains(&self.storage.zstd_level) {
             return invalid("storage.zstd_level", "must be between 1 and 22");
+        }
+        for (key, value) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.body_read_timeout", self.server.body_read_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
+        ] {
+            if value.0.is_zero() {
+                return invalid(key, "must be greater than 0");
+            }
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections", "must be greater than 0");
         }
         if self.ingest.max_request_bytes.0 == 0 {
             return invalid("ingest.max_request_bytes", "must be greater than 0");
@@ -581,16 +630,31 @@ impl Serialize for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size: a number of bytes (0 or more) or a string like \"64MiB\"")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(n))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                u64::try_from(n).map(ByteSize).map_err(|_| {
+                    E::custom(format!(
+                        "{n} is not a size: give a number of bytes (0 or more) or a string like \"64MiB\""
+                    ))
+                })
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                s.parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -603,6 +667,16 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_negative_size_names_the_key_and_the_form() {
+        let err = Config::load(None, env(&[("LLMTRACE_INGEST_MEMORY_LIMIT", "-1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("memory_limit"), "{err}");
+        assert!(err.contains("-1 is not a size"), "{err}");
+        assert!(!err.contains("untagged"), "{err}");
     }
 
     #[test]

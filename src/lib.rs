@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod loadgen;
 pub mod metrics;
 pub mod pricing;
+pub mod quarantine;
 pub mod query;
 pub mod record;
 pub mod serve;

@@ -415,6 +415,10 @@ fn query(QueryArgs { sql, target: args }: QueryArgs) -> ExitCode {
             .map_err(|e| QueryError::Failed(e.to_string()))?;
         let engine = QueryEngine::open(&data_dir, &book, config.query.limits()).await?;
         let result = engine.run(&sql).await?;
+        if result.truncated && args.format == "csv" {
+            // CSV has no room for it; the table and JSON say it themselves.
+            eprintln!("{TRUNCATED_NOTE}");
+        }
         let text = match args.format.as_str() {
             "json" => format::to_json(&result).map(|v| format!("{v:#}\n")),
             "csv" => format::to_csv(&result).map(|b| String::from_utf8_lossy(&b).into_owned()),
@@ -497,6 +501,10 @@ fn alerts_check(config_path: &Path, data_dir: Option<PathBuf>) -> ExitCode {
 }
 
 /// `llmtrace query --server`: the same statement through a running server.
+/// Said on stderr when a CSV answer was cut.
+const TRUNCATED_NOTE: &str =
+    "llmtrace: the answer was truncated at query.max_rows or query.max_result_bytes";
+
 async fn query_server(server: &str, sql: &str, format: &str, api_key: Option<&str>) -> ExitCode {
     let url = format!("{}/api/v1/query", server.trim_end_matches('/'));
     let accept = match format {
@@ -523,6 +531,13 @@ async fn query_server(server: &str, sql: &str, format: &str, api_key: Option<&st
         }
     };
     let status = resp.status();
+    let truncated = resp
+        .headers()
+        .get(llmtrace::api::TRUNCATED_HEADER)
+        .is_some_and(|v| v == "true");
+    if truncated && format == "csv" {
+        eprintln!("{TRUNCATED_NOTE}");
+    }
     let body = match resp.bytes().await {
         Ok(b) => b,
         Err(e) => {

@@ -445,6 +445,7 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        crate::quarantine::render(out);
     }
 }
 

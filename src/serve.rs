@@ -17,7 +17,7 @@ use crate::alert::sources::LiveSource;
 use crate::alert::{AlertEngine, SystemClock};
 use crate::api::{self, Readiness};
 use crate::config::Config;
-use crate::ingest::{self, grpc::TraceService, Pipeline};
+use crate::ingest::{self, grpc::TraceService, listen, Pipeline};
 use crate::metrics::{Metrics, WriteFailure, WriteTarget};
 use crate::pricing::PriceBook;
 use crate::query::QueryEngine;
@@ -278,7 +278,20 @@ fn replay(
                 for file in files {
                     match crate::store::wal_positions(&file.path) {
                         Ok(positions) => held.extend(positions),
-                        Err(error) => tracing::warn!(%error, path = %file.path.display(), "cannot read a span file's log positions"),
+                        // A damaged file goes to quarantine and its records,
+                        // if the log still has them, are buffered again: they
+                        // are stored once, in a new file.
+                        Err(error) => {
+                            let outcome = crate::quarantine::set_aside_if_damaged(
+                                data_dir,
+                                &file.path,
+                                crate::quarantine::Kind::Spans,
+                                &error,
+                            );
+                            if !outcome.damaged() {
+                                tracing::warn!(%error, path = %file.path.display(), ?outcome, "cannot read a span file's log positions");
+                            }
+                        }
                     }
                 }
                 held
@@ -345,13 +358,12 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 fn spawn_axum(
     listener: TcpListener,
     router: axum::Router,
+    options: listen::Options,
     stop_rx: watch::Receiver<bool>,
 ) -> JoinHandle<Result<(), String>> {
     tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stopped(stop_rx))
-            .await
-            .map_err(|e| e.to_string())
+        listen::serve(listener, router, options, stopped(stop_rx)).await;
+        Ok(())
     })
 }
 
@@ -402,7 +414,11 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
     // Before anything reads the store: a compaction cut short is finished or undone.
     crate::store::compaction::recover(&config.data_dir)?;
     let (log, replayed) = if config.wal.enabled {
-        let (log, replayed) = Log::open(&config.data_dir.join("wal"), config.wal.options())?;
+        let options = crate::wal::WalOptions {
+            quarantine_dir: Some(crate::quarantine::dir(&config.data_dir).join("wal")),
+            ..config.wal.options()
+        };
+        let (log, replayed) = Log::open(&config.data_dir.join("wal"), options)?;
         (Some(Arc::new(log)), replayed)
     } else {
         (None, Vec::new())
@@ -456,22 +472,32 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
     let readiness = Readiness::default();
     let max_decompressed = config.ingest.max_decompressed_bytes.as_usize();
 
+    let server = &config.server;
+    let limits = listen::Limits {
+        header_read_timeout: server.header_read_timeout.0,
+        body_read_timeout: server.body_read_timeout.0,
+        idle_timeout: server.idle_timeout.0,
+        max_connections: server.max_connections,
+    };
+    let ingest_listener = |what, protocol| listen::Options {
+        what,
+        limits,
+        protocol,
+        in_flight_until: listen::InFlightUntil::ResponseHead,
+    };
     let grpc = {
         let service = TraceService::new(pipeline.clone(), keys.clone(), max_decompressed);
+        let options = ingest_listener(
+            "grpc",
+            listen::Protocol::Grpc {
+                stream_window: GRPC_STREAM_WINDOW,
+                connection_window: GRPC_CONNECTION_WINDOW,
+            },
+        );
         let signal = stopped(stop_rx.clone());
         tokio::spawn(async move {
-            // Export requests are large (hundreds of KB); the default 64 KiB
-            // HTTP/2 windows would make every request wait for window updates.
-            tonic::transport::Server::builder()
-                .initial_stream_window_size(GRPC_STREAM_WINDOW)
-                .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc_listener),
-                    signal,
-                )
-                .await
-                .map_err(|e| e.to_string())
+            listen::serve(grpc_listener, service, options, signal).await;
+            Ok(())
         })
     };
     let http = spawn_axum(
@@ -482,6 +508,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
             config.ingest.max_request_bytes.as_usize(),
             max_decompressed,
         ),
+        ingest_listener("http", listen::Protocol::Http),
         stop_rx.clone(),
     );
     let deliverer = Deliverer::new(DelivererOptions {
@@ -518,6 +545,14 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
             alerts: alert_engine,
             keys: keys.clone(),
         }),
+        // Query answers are streamed: a request is in flight until its
+        // answer is sent.
+        listen::Options {
+            what: "api",
+            limits,
+            protocol: listen::Protocol::Http,
+            in_flight_until: listen::InFlightUntil::ResponseEnd,
+        },
         stop_rx.clone(),
     );
     let flusher = {

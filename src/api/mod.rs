@@ -202,6 +202,14 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
+/// The largest query request body: axum's default for JSON bodies, above
+/// the largest statement (`query.max_sql_bytes`, 1 MiB) a client may send.
+const QUERY_BODY_LIMIT: usize = 2 << 20;
+
+/// Says whether an answer was cut at `query.max_rows` or
+/// `query.max_result_bytes`.
+pub const TRUNCATED_HEADER: &str = "x-llmtrace-truncated";
+
 async fn run_query(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -211,11 +219,20 @@ async fn run_query(
         Ok(p) => p,
         Err(e) => return denied(e),
     };
-    let Ok(Json(request)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "body must be JSON: {\"sql\": \"SELECT …\"}".into(),
-        );
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over the API's limit of {QUERY_BODY_LIMIT} bytes"),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "body must be JSON: {\"sql\": \"SELECT …\"}".into(),
+            );
+        }
     };
     let result = match state
         .query
@@ -244,9 +261,17 @@ async fn run_query(
         format::to_json(&result).map(|v| ("application/json", v.to_string().into_bytes()))
     };
     match encoded {
+        // JSON says `truncated` in the body; CSV and Arrow have no place for
+        // it, so every format says it in a header too.
         Ok((content_type, bytes)) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, content_type)],
+            [
+                (header::CONTENT_TYPE, content_type),
+                (
+                    header::HeaderName::from_static(TRUNCATED_HEADER),
+                    if result.truncated { "true" } else { "false" },
+                ),
+            ],
             bytes,
         )
             .into_response(),

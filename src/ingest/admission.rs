@@ -6,7 +6,15 @@
 //!
 //! A request that does not fit is refused at once (503 / UNAVAILABLE with a
 //! retry hint) rather than queued: a queue of waiting bodies is the memory
-//! this exists to bound, and OTLP exporters already retry with backoff.
+//! this exists to bound, and OTLP exporters already retry with backoff. One
+//! that alone would need more than the whole budget is refused for good (413 /
+//! RESOURCE_EXHAUSTED): admitting it would break the bound, and waiting would
+//! never make it fit.
+//!
+//! A request is charged what it holds as it comes to hold it: its body as the
+//! bytes arrive (never what a header declares, or a client that declares much
+//! and sends nothing would hold the budget), its decompressed body as it
+//! inflates, and [`footprint`] before it is decoded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +32,15 @@ pub const DECODED_PER_WIRE_BYTE: usize = 9;
 
 /// Permits are KiB: a semaphore counts in `u32` per acquisition.
 const UNIT: usize = 1024;
+
+/// What a request holds at its peak, from the size of its body on the wire
+/// and, when that was compressed, its decompressed size: the body, the
+/// decompressed copy, and the decoded request and records made from it.
+pub fn footprint(wire: usize, inflated: Option<usize>) -> usize {
+    let decoded = inflated.unwrap_or(wire);
+    wire.saturating_add(inflated.unwrap_or(0))
+        .saturating_add(decoded.saturating_mul(DECODED_PER_WIRE_BYTE))
+}
 
 /// The in-flight budget shared by every receiver.
 pub struct Admission {
@@ -49,9 +66,10 @@ struct MemoryLimit {
     epoch: std::time::Instant,
 }
 
-/// Memory neither budget counts, kept free below the limit: gRPC messages
-/// being received (admitted once whole), and the Parquet writer's encoders
-/// (27 MiB when writing a 64 MiB flush, `cargo bench --bench ingest`).
+/// Memory neither budget counts, kept free below the limit: connections'
+/// read buffers (HTTP/2 flow-control windows included), and the Parquet
+/// writer's encoders (27 MiB when writing a 64 MiB flush, `cargo bench
+/// --bench ingest`).
 const UNCOUNTED: usize = 32 << 20;
 
 /// How old an RSS reading may be: one read of /proc/self/statm per this
@@ -105,6 +123,20 @@ pub struct Admitted {
     retry_after: Duration,
 }
 
+/// `bytes` in permits, or the refusal of a request that alone needs more
+/// than the whole budget of `limit_units`.
+fn units_for(bytes: usize, limit_units: usize) -> Result<u32, IngestError> {
+    let units = bytes.div_ceil(UNIT).max(1);
+    if units > limit_units {
+        return Err(IngestError::TooLarge {
+            needed: bytes,
+            limit: limit_units * UNIT,
+        });
+    }
+    // limit_units is at most Semaphore::MAX_PERMITS, below u32::MAX.
+    Ok(u32::try_from(units).unwrap_or(u32::MAX))
+}
+
 impl Admission {
     /// `memory_limit` 0 leaves RSS unchecked.
     pub fn new(limit_bytes: usize, memory_limit: usize, retry_after: Duration) -> Self {
@@ -144,12 +176,11 @@ impl Admission {
     }
 
     /// Admits a request that will hold `bytes`, or refuses it when the budget
-    /// is spent or the process is near its memory limit. A request larger
-    /// than the whole budget is charged the whole budget, so it is admitted
-    /// alone rather than never.
+    /// is spent or the process is near its memory limit, and for good when
+    /// `bytes` is more than the whole budget.
     pub fn admit(&self, bytes: usize) -> Result<Admitted, IngestError> {
+        let units = units_for(bytes, self.limit_units)?;
         self.memory_check()?;
-        let units = self.units(bytes);
         let permit = self
             .permits
             .clone()
@@ -169,21 +200,24 @@ impl Admission {
         (self.limit_units - self.permits.available_permits()) * UNIT
     }
 
-    fn units(&self, bytes: usize) -> u32 {
-        let units = bytes.div_ceil(UNIT).clamp(1, self.limit_units);
-        u32::try_from(units).unwrap_or(u32::MAX)
-    }
-
     fn refusal(&self) -> IngestError {
         refusal(&self.permits, self.limit_units, self.retry_after)
     }
 }
 
 impl Admitted {
-    /// Raises what the request holds to `bytes` in all, once its real size is
-    /// known (after decompression), or refuses it.
+    /// Refuses for good a request that will need `bytes`, more than the
+    /// whole budget, before it holds them; charges nothing.
+    pub fn fits(&self, bytes: usize) -> Result<(), IngestError> {
+        units_for(bytes, self.limit_units).map(|_| ())
+    }
+
+    /// Raises what the request holds to `bytes` in all, as more of it is
+    /// received, inflated or about to be decoded; or refuses it: for now
+    /// when others hold the rest of the budget, for good when `bytes` is
+    /// more than all of it.
     pub fn grow_to(&mut self, bytes: usize) -> Result<(), IngestError> {
-        let want = bytes.div_ceil(UNIT).clamp(1, self.limit_units);
+        let want = units_for(bytes, self.limit_units)? as usize;
         let held = self.permit.num_permits();
         if want <= held {
             return Ok(());
@@ -277,13 +311,29 @@ mod tests {
     }
 
     #[test]
-    fn a_request_larger_than_the_budget_is_admitted_alone() {
+    fn a_request_larger_than_the_whole_budget_is_refused_for_good() {
         let admission = Admission::new(4 * MIB, 0, Duration::from_secs(1));
-        let mut big = admission.admit(64 * MIB).unwrap();
-        big.grow_to(usize::MAX).unwrap();
+        assert!(matches!(
+            admission.admit(4 * MIB + 1),
+            Err(IngestError::TooLarge { needed, limit }) if needed == 4 * MIB + 1 && limit == 4 * MIB
+        ));
+        // Growing past the whole budget is refused the same way, and what
+        // the request held is kept until it is dropped.
+        let mut growing = admission.admit(MIB).unwrap();
+        growing.grow_to(4 * MIB).unwrap();
+        assert!(matches!(
+            growing.grow_to(usize::MAX),
+            Err(IngestError::TooLarge { .. })
+        ));
         assert_eq!(admission.held_bytes(), 4 * MIB);
-        assert!(admission.admit(1).is_err());
-        drop(big);
+        drop(growing);
         assert!(admission.admit(4 * MIB).is_ok());
+    }
+
+    #[test]
+    fn the_footprint_counts_body_inflated_copy_and_decoded_request() {
+        assert_eq!(footprint(100, None), 100 + 9 * 100);
+        assert_eq!(footprint(100, Some(1000)), 100 + 1000 + 9 * 1000);
+        assert_eq!(footprint(usize::MAX, Some(usize::MAX)), usize::MAX);
     }
 }

@@ -1,26 +1,34 @@
 //! OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
 //!
-//! Hand-written rather than the generated server because the generated one
-//! decodes with tonic's codec, which answers an undecodable message with
-//! INTERNAL; OTLP clients must hear INVALID_ARGUMENT (permanent, do not retry).
+//! Hand-written down to the gRPC framing rather than the generated server or
+//! tonic's codec: tonic answers an undecodable message with INTERNAL (OTLP
+//! clients must hear INVALID_ARGUMENT: permanent, do not retry), and it
+//! buffers a whole message, and inflates a whole compressed one, before a
+//! decoder sees a byte of it, so nothing could be charged until then. Here a
+//! message is charged to the in-flight budget as its bytes arrive and as it
+//! inflates (see [`super::admission`]), and one that could never fit is
+//! refused from its length prefix, before it is received.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder};
 use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
-use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
-use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
+use super::body::{self, BodyError, Encoding};
+use super::listen::BodyReadError;
 use super::{Admitted, IngestError, Pipeline};
 use crate::auth::{AuthError, Keys, Scope};
 use crate::metrics::Rejection;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// The compressed flag and length before every gRPC message.
+const PREFIX: usize = 5;
 
 /// A google.rpc.Status message (also the OTLP/HTTP error body).
 pub fn rpc_status(code: i32, message: &str) -> RpcStatus {
@@ -75,10 +83,6 @@ impl TraceService {
     }
 }
 
-impl NamedService for TraceService {
-    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
-}
-
 impl<B> Service<http::Request<B>> for TraceService
 where
     B: Body + Send + 'static,
@@ -118,53 +122,93 @@ where
                 return Box::pin(async move { Ok(status.into_http()) });
             }
         };
-        // Refused before the message is received when nothing could be
-        // admitted: receiving it would take the memory the refusal protects.
-        if let Err(e) = pipeline.check_admission() {
-            let status = export_status(e);
-            return Box::pin(async move {
-                pipeline.metrics().request_rejected(Rejection::Overloaded);
-                Ok(status.into_http())
-            });
-        }
-        let export = Export(pipeline.clone(), tenant);
-        let codec = OtlpCodec(pipeline.clone());
-        let mut grpc = tonic::server::Grpc::new(codec)
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(self.max_decoding_message_size);
+        let max_message = self.max_decoding_message_size;
         Box::pin(async move {
-            let response = grpc.unary(export, req).await;
-            // Failures before the pipeline (decoding, limits) only show in
-            // the status tonic answered with.
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .map(Code::from_i32);
-            let reason = match code {
-                None | Some(Code::Ok) => None,
-                Some(Code::ResourceExhausted | Code::OutOfRange) => Some(Rejection::TooLarge),
-                Some(Code::Unavailable) => Some(Rejection::Overloaded),
-                Some(Code::Unimplemented) => Some(Rejection::Unsupported),
-                Some(Code::InvalidArgument) => Some(Rejection::Malformed),
-                Some(_) => Some(Rejection::Internal),
-            };
-            if let Some(reason) = reason {
-                pipeline.metrics().request_rejected(reason);
-            }
-            Ok(response)
+            let answer = export(&pipeline, &tenant, req, max_message).await;
+            Ok(match answer {
+                Ok(response) => respond(&response),
+                Err(status) => {
+                    if let Some(reason) = rejection(status.code()) {
+                        pipeline.metrics().request_rejected(reason);
+                    }
+                    let mut response = status.into_http();
+                    response.headers_mut().insert(
+                        "grpc-accept-encoding",
+                        http::HeaderValue::from_static("gzip"),
+                    );
+                    response
+                }
+            })
         })
     }
 }
 
-struct Export(Arc<Pipeline>, Arc<str>);
+/// How a refusal is counted in /metrics.
+fn rejection(code: Code) -> Option<Rejection> {
+    match code {
+        Code::Ok => None,
+        Code::ResourceExhausted | Code::OutOfRange => Some(Rejection::TooLarge),
+        Code::Unavailable => Some(Rejection::Overloaded),
+        Code::Unimplemented => Some(Rejection::Unsupported),
+        Code::InvalidArgument | Code::DeadlineExceeded => Some(Rejection::Malformed),
+        _ => Some(Rejection::Internal),
+    }
+}
 
-/// A decoded request and the memory it was admitted to hold.
-struct AdmittedRequest {
-    request: ExportTraceServiceRequest,
-    admitted: Admitted,
+/// A unary gRPC answer: the message, then `grpc-status: 0` as trailers.
+fn respond(message: &ExportTraceServiceResponse) -> http::Response<tonic::body::Body> {
+    let encoded = prost::Message::encode_to_vec(message);
+    let mut framed = Vec::with_capacity(PREFIX + encoded.len());
+    framed.push(0);
+    // An answer is a few bytes: its length always fits the prefix.
+    framed.extend_from_slice(
+        &u32::try_from(encoded.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    framed.extend_from_slice(&encoded);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let mut response = http::Response::new(tonic::body::Body::new(Unary {
+        message: Some(framed.into()),
+        trailers: Some(trailers),
+    }));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(
+        "grpc-accept-encoding",
+        http::HeaderValue::from_static("gzip"),
+    );
+    response
+}
+
+/// The body of a unary answer.
+struct Unary {
+    message: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Body for Unary {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let frame = match self.message.take() {
+            Some(message) => Some(http_body::Frame::data(message)),
+            None => self.trailers.take().map(http_body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.message.is_none() && self.trailers.is_none()
+    }
 }
 
 /// The status a refused or failed export answers with.
@@ -180,6 +224,7 @@ fn export_status(e: IngestError) -> Status {
                 prost::Message::encode_to_vec(&details).into(),
             )
         }
+        IngestError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
         e => {
             tracing::error!(error = %e, "could not accept spans");
             Status::internal(e.to_string())
@@ -187,78 +232,205 @@ fn export_status(e: IngestError) -> Status {
     }
 }
 
-impl UnaryService<AdmittedRequest> for Export {
-    type Response = ExportTraceServiceResponse;
-    type Future = BoxFuture<tonic::Response<Self::Response>, Status>;
-
-    fn call(&mut self, request: tonic::Request<AdmittedRequest>) -> Self::Future {
-        let pipeline = self.0.clone();
-        let tenant = self.1.clone();
-        Box::pin(async move {
-            let AdmittedRequest { request, admitted } = request.into_inner();
-            let small = super::span_count(&request) <= super::INLINE_SPANS;
-            let outcome = pipeline.export(&tenant, request, small).await;
-            drop(admitted);
-            let outcome = outcome.map_err(export_status)?;
-            let partial_success = (outcome.rejected > 0).then_some(ExportTracePartialSuccess {
-                rejected_spans: outcome.rejected as i64,
-                error_message: outcome.message,
-            });
-            Ok(tonic::Response::new(ExportTraceServiceResponse {
-                partial_success,
-            }))
-        })
+fn body_status(e: BodyError) -> Status {
+    match e {
+        BodyError::TooLarge { .. } | BodyError::DecompressedTooLarge { .. } => {
+            Status::resource_exhausted(e.to_string())
+        }
+        BodyError::UnsupportedEncoding(_) | BodyError::UnsupportedType(_) => {
+            Status::unimplemented(e.to_string())
+        }
+        BodyError::BadGzip(_) => Status::invalid_argument(e.to_string()),
     }
 }
 
-/// Prost codec whose decode failures are INVALID_ARGUMENT, and which admits
-/// each request by its size before decoding it (see [`super::admission`]):
-/// here is where a gRPC request's size is first known.
-struct OtlpCodec(Arc<Pipeline>);
+/// Receives, decodes and stores one Export request.
+async fn export<B>(
+    pipeline: &Arc<Pipeline>,
+    tenant: &Arc<str>,
+    req: http::Request<B>,
+    max_message: usize,
+) -> Result<ExportTraceServiceResponse, Status>
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    let encoding = req
+        .headers()
+        .get("grpc-encoding")
+        .map(|v| v.to_str().unwrap_or("?"));
+    let encoding = body::encoding(encoding).map_err(body_status)?;
+    // Refused before anything is received when nothing could be admitted.
+    let mut admitted = pipeline
+        .check_admission()
+        .and_then(|()| pipeline.admit(0))
+        .map_err(export_status)?;
+    let (compressed, message) =
+        receive(req.into_body(), max_message, encoding, &mut admitted).await?;
+    let wire = message.len();
+    let small = wire <= super::INLINE_BYTES;
+    let decoded = super::run_cpu(small, move || {
+        let inflate = if compressed {
+            Encoding::Gzip
+        } else {
+            Encoding::Identity
+        };
+        // Charged as it inflates, as an HTTP body is.
+        let bytes = body::decode(inflate, message, max_message, |inflated, capacity| {
+            let held = wire.saturating_add(capacity);
+            admitted
+                .grow_to(super::footprint(wire, Some(inflated)).max(held))
+                .map_err(Inflate::Refused)
+        })
+        .map_err(|e| match e {
+            Inflate::Body(e) => body_status(e),
+            Inflate::Refused(e) => export_status(e),
+        })?;
+        admitted
+            .grow_to(super::footprint(wire, compressed.then_some(bytes.len())))
+            .map_err(export_status)?;
+        let request = <ExportTraceServiceRequest as prost::Message>::decode(bytes)
+            .map_err(|e| Status::invalid_argument(format!("invalid OTLP protobuf: {e}")))?;
+        Ok::<_, Status>((request, admitted))
+    })
+    .await
+    .unwrap_or_else(|e| Err(Status::internal(format!("internal error: {e}"))));
+    let (request, admitted) = decoded?;
+    let outcome = pipeline.export(tenant, request, small).await;
+    drop(admitted);
+    let outcome = outcome.map_err(export_status)?;
+    let partial_success = (outcome.rejected > 0).then_some(ExportTracePartialSuccess {
+        rejected_spans: outcome.rejected as i64,
+        error_message: outcome.message,
+    });
+    Ok(ExportTraceServiceResponse { partial_success })
+}
 
-impl Codec for OtlpCodec {
-    type Encode = ExportTraceServiceResponse;
-    type Decode = AdmittedRequest;
-    type Encoder = ProstEncoder<ExportTraceServiceResponse>;
-    type Decoder = AdmittingDecoder;
+/// Why inflating a message stopped.
+enum Inflate {
+    Body(BodyError),
+    Refused(IngestError),
+}
 
-    fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<ExportTraceServiceResponse, ExportTraceServiceRequest>::default().encoder()
+impl From<BodyError> for Inflate {
+    fn from(e: BodyError) -> Self {
+        Inflate::Body(e)
     }
+}
 
-    fn decoder(&mut self) -> Self::Decoder {
-        AdmittingDecoder {
-            prost: ProstCodec::<ExportTraceServiceResponse, ExportTraceServiceRequest>::default()
-                .decoder(),
-            pipeline: self.0.clone(),
+/// Receives the one message of a unary request: its compressed flag and
+/// bytes. Checked against the limits from its length prefix (too large:
+/// refused before it is received); charged to `admitted` as its bytes
+/// arrive, never for the length it declares.
+async fn receive<B>(
+    body: B,
+    max_message: usize,
+    encoding: Encoding,
+    admitted: &mut Admitted,
+) -> Result<(bool, Bytes), Status>
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
+    let mut prefix: Vec<u8> = Vec::with_capacity(PREFIX);
+    // Known once the prefix is: compressed, and the length.
+    let mut declared: Option<(bool, usize)> = None;
+    let mut message: Vec<u8> = Vec::new();
+    loop {
+        let frame = match body.frame().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                let e: StdError = e.into();
+                if BodyReadError::is_timeout(&*e) {
+                    return Err(Status::deadline_exceeded(e.to_string()));
+                }
+                return Err(Status::cancelled(format!("could not read request: {e}")));
+            }
+            None => break,
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        // Without a copy for the Bytes every server here hands over.
+        let mut data = data.copy_to_bytes(data.remaining());
+        while !data.is_empty() {
+            let Some((_, length)) = declared else {
+                let take = (PREFIX - prefix.len()).min(data.len());
+                prefix.extend_from_slice(&data[..take]);
+                data.advance(take);
+                if prefix.len() == PREFIX {
+                    declared = Some(check_prefix(&prefix, max_message, encoding, admitted)?);
+                }
+                continue;
+            };
+            let take = (length - message.len()).min(data.len());
+            if take == 0 {
+                // Bytes past the message: a unary request has one.
+                break;
+            }
+            let received = message.len() + take;
+            if message.capacity() < received {
+                // The buffer at its next size, charged before it is taken.
+                let target = received
+                    .max(message.capacity().saturating_mul(2))
+                    .min(length);
+                admitted.grow_to(target).map_err(export_status)?;
+                message.reserve_exact(target - message.len());
+            }
+            message.extend_from_slice(&data[..take]);
+            data.advance(take);
+        }
+        if let Some((_, length)) = declared {
+            if message.len() == length {
+                break;
+            }
         }
     }
-}
-
-struct AdmittingDecoder {
-    prost: ProstDecoder<ExportTraceServiceRequest>,
-    pipeline: Arc<Pipeline>,
-}
-
-impl Decoder for AdmittingDecoder {
-    type Item = AdmittedRequest;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        use bytes::Buf;
-        // The message as received (already decompressed by tonic), plus
-        // what decoding and normalising it will take.
-        let wire = buf.remaining();
-        let admitted = self
-            .pipeline
-            .admit(wire.saturating_mul(1 + super::DECODED_PER_WIRE_BYTE))
-            .map_err(export_status)?;
-        let request = self.prost.decode(buf).map_err(|s| match s.code() {
-            Code::Internal => {
-                Status::invalid_argument(format!("invalid OTLP protobuf: {}", s.message()))
-            }
-            _ => s,
-        })?;
-        Ok(request.map(|request| AdmittedRequest { request, admitted }))
+    match declared {
+        Some((compressed, length)) if message.len() == length => Ok((compressed, message.into())),
+        Some((_, length)) => Err(Status::invalid_argument(format!(
+            "request ended after {} of its message's {length} bytes",
+            message.len()
+        ))),
+        None => Err(Status::invalid_argument("request has no message")),
     }
+}
+
+/// The compressed flag and length of a message, refused when it could never
+/// be accepted: longer than the limit, or (uncompressed) more than the whole
+/// budget once decoded.
+fn check_prefix(
+    prefix: &[u8],
+    max_message: usize,
+    encoding: Encoding,
+    admitted: &Admitted,
+) -> Result<(bool, usize), Status> {
+    let compressed = match prefix[0] {
+        0 => false,
+        1 if encoding == Encoding::Gzip => true,
+        1 => {
+            return Err(Status::invalid_argument(
+                "message is compressed but the request names no grpc-encoding",
+            ))
+        }
+        flag => {
+            return Err(Status::invalid_argument(format!(
+                "invalid compressed flag {flag} (0 or 1)"
+            )))
+        }
+    };
+    let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if length > max_message {
+        return Err(Status::resource_exhausted(format!(
+            "message of {length} bytes exceeds the limit of {max_message} bytes (ingest.max_decompressed_bytes)"
+        )));
+    }
+    if !compressed {
+        admitted
+            .fits(super::footprint(length, None))
+            .map_err(export_status)?;
+    }
+    Ok((compressed, length))
 }

@@ -18,8 +18,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
-use super::body::{self, BodyError, Format};
-use super::{ExportOutcome, Pipeline};
+use super::body::{self, BodyError, Encoding, Format};
+use super::listen::BodyReadError;
+use super::{Admitted, ExportOutcome, Pipeline};
 use crate::auth::{AuthError, Keys, Scope};
 use crate::metrics::Rejection;
 
@@ -32,6 +33,7 @@ pub const TRACE_PATHS: &[&str] = &[
 
 /// gRPC status codes carried in the error body.
 const INVALID_ARGUMENT: i32 = 3;
+const DEADLINE_EXCEEDED: i32 = 4;
 const RESOURCE_EXHAUSTED: i32 = 8;
 const INTERNAL: i32 = 13;
 const UNAVAILABLE: i32 = 14;
@@ -232,53 +234,47 @@ async fn receive(
 ) -> Result<ExportOutcome, Failure> {
     let limit = state.max_request_bytes;
     let pipeline = state.pipeline.clone();
-    // A body of declared length is admitted before it is read, so refused
-    // bodies never sit in memory; one without is admitted once read, which
-    // `limit` bounds meanwhile.
+    // Refusals before the body is read still read it to the end (up to the
+    // limit, within server.body_read_timeout) and drop it: a client still
+    // sending when the answer comes sees a reset, not the answer.
+    let encoding = match body::encoding(header_str(headers, header::CONTENT_ENCODING)) {
+        Ok(encoding) => encoding,
+        Err(e) => {
+            drain(body, limit).await;
+            return Err(e.into());
+        }
+    };
+    // Nothing is charged for what a client declares (Content-Length), only
+    // for what it has sent: one that declares much and sends nothing holds
+    // nothing.
+    let mut admitted = match pipeline.check_admission().and_then(|()| pipeline.admit(0)) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            drain(body, limit).await;
+            return Err(refused.into());
+        }
+    };
     let declared =
         header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
-    let early = match declared.map(|n| pipeline.admit(n.min(limit))) {
-        Some(Err(refused)) => {
-            // Read to the end (and dropped) before answering: a client still
-            // sending when the answer comes sees a reset, not the 503.
-            drain(body, limit).await;
-            return Err(Failure::from(refused));
-        }
-        Some(Ok(admitted)) => Some(admitted),
-        None => {
-            if let Err(refused) = pipeline.check_admission() {
-                drain(body, limit).await;
-                return Err(Failure::from(refused));
-            }
-            None
-        }
-    };
-    // The body is read up to the limit rather than refused on its declared
-    // length, for the same reason.
-    let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            Failure::from(BodyError::TooLarge { limit })
-        } else {
-            Failure::bad_request(format!("could not read request body: {e}"))
-        }
-    })?;
-    let mut admitted = match early {
-        Some(admitted) => admitted,
-        None => pipeline.admit(raw.len())?,
-    };
-    let encoding = header_str(headers, header::CONTENT_ENCODING).map(str::to_owned);
+    let raw = read_body(body, limit, declared, encoding, &mut admitted).await?;
     let max_decompressed = state.max_decompressed_bytes;
     // Decoding and normalising is CPU work: a large body goes to the blocking
     // pool so it cannot stall the reactor.
     let small = raw.len() <= super::INLINE_BYTES;
     let request = super::run_cpu(small, move || {
         let wire = raw.len();
-        let bytes = body::decode(encoding.as_deref(), raw, max_decompressed)?;
-        // The decoded request and its records, beside the body itself.
-        let decoded = bytes.len().saturating_mul(super::DECODED_PER_WIRE_BYTE);
-        admitted.grow_to(decoded.saturating_add(wire))?;
+        // A gzip body is charged as it inflates, before each buffer, for what
+        // decoding what is inflated so far will take: a bomb stops with 413
+        // as soon as it could never fit, or 503 when others hold the budget,
+        // and never holds more than it was charged.
+        let bytes = body::decode(encoding, raw, max_decompressed, |inflated, capacity| {
+            let held = wire.saturating_add(capacity);
+            admitted
+                .grow_to(super::footprint(wire, Some(inflated)).max(held))
+                .map_err(Failure::from)
+        })?;
+        let inflated = (encoding == Encoding::Gzip).then_some(bytes.len());
+        admitted.grow_to(super::footprint(wire, inflated))?;
         let request = match format {
             Format::Protobuf => ExportTraceServiceRequest::decode(bytes)
                 .map_err(|e| Failure::bad_request(format!("invalid OTLP protobuf: {e}")))?,
@@ -302,6 +298,85 @@ async fn receive(
     Ok(outcome)
 }
 
+/// Reads a body of at most `limit` bytes, charging `admitted` for the
+/// buffer that holds it as each chunk arrives (its `declared` length only
+/// caps how far the buffer grows ahead). An uncompressed body is refused for
+/// good (413) as soon as decoding what has arrived could never fit the budget.
+async fn read_body(
+    mut body: Body,
+    limit: usize,
+    declared: Option<usize>,
+    encoding: Encoding,
+    admitted: &mut Admitted,
+) -> Result<bytes::Bytes, Failure> {
+    use http_body_util::BodyExt;
+    // One chunk is kept as it came (most bodies); more are copied into one
+    // buffer, grown by doubling.
+    let mut single: Option<bytes::Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    let mut received = 0usize;
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailers: nothing to keep.
+                Err(_) => continue,
+            },
+            Err(e) => return Err(read_failure(&e)),
+        };
+        received = received.saturating_add(data.len());
+        if received > limit {
+            return Err(BodyError::TooLarge { limit }.into());
+        }
+        let first = single.is_none() && joined.is_empty();
+        let target = if first || joined.capacity() >= received {
+            joined.capacity()
+        } else {
+            let ahead = declared.unwrap_or(limit).clamp(received, limit);
+            received
+                .max(joined.capacity().saturating_mul(2))
+                .min(ahead)
+        };
+        // The buffer at its next size (the chunk in hand is the
+        // connection's read buffer, bounded by hyper).
+        let held = target.max(received);
+        let charged = match encoding {
+            Encoding::Identity => admitted.fits(super::footprint(received, None)),
+            Encoding::Gzip => Ok(()),
+        }
+        .and_then(|()| admitted.grow_to(held));
+        if let Err(refused) = charged {
+            if matches!(refused, super::IngestError::Overloaded { .. }) {
+                drain(body, limit - received).await;
+            }
+            return Err(refused.into());
+        }
+        if first {
+            single = Some(data);
+            continue;
+        }
+        joined.reserve_exact(target - joined.len());
+        if let Some(first) = single.take() {
+            joined.extend_from_slice(&first);
+        }
+        joined.extend_from_slice(&data);
+    }
+    Ok(single.unwrap_or_else(|| joined.into()))
+}
+
+/// The answer to a body that could not be read: too slow (408), or cut off.
+fn read_failure(e: &axum::Error) -> Failure {
+    if BodyReadError::is_timeout(e) {
+        return Failure {
+            http: StatusCode::REQUEST_TIMEOUT,
+            grpc_code: DEADLINE_EXCEEDED,
+            message: e.to_string(),
+            retry_after: None,
+        };
+    }
+    Failure::bad_request(format!("could not read request body: {e}"))
+}
+
 /// Reads and discards a body, up to `limit` bytes.
 async fn drain(body: Body, limit: usize) {
     use http_body_util::BodyExt;
@@ -318,6 +393,12 @@ impl From<super::IngestError> for Failure {
                 grpc_code: UNAVAILABLE,
                 message: e.to_string(),
                 retry_after: Some(retry_after),
+            },
+            super::IngestError::TooLarge { .. } => Failure {
+                http: StatusCode::PAYLOAD_TOO_LARGE,
+                grpc_code: RESOURCE_EXHAUSTED,
+                message: e.to_string(),
+                retry_after: None,
             },
             e => {
                 tracing::error!(error = %e, "could not accept spans");

@@ -8,6 +8,7 @@ mod body;
 pub mod dedup;
 pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod normalise;
 pub mod otlp_json;
 
@@ -16,7 +17,7 @@ use std::time::SystemTime;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-pub use admission::{Admission, Admitted, DECODED_PER_WIRE_BYTE};
+pub use admission::{footprint, Admission, Admitted, DECODED_PER_WIRE_BYTE};
 pub use normalise::Limits;
 
 use crate::aggregate::Aggregator;
@@ -89,6 +90,12 @@ pub enum IngestError {
         limit: usize,
         retry_after: std::time::Duration,
     },
+    /// A request that alone would hold more than the whole in-flight
+    /// budget once decoded: it can never be admitted within the memory
+    /// bound, so it is refused for good (413 / RESOURCE_EXHAUSTED) rather
+    /// than retried.
+    #[error("request too large: decoding it would hold about {needed} bytes, more than ingest.max_in_flight_bytes ({limit}); send smaller batches or raise that limit")]
+    TooLarge { needed: usize, limit: usize },
     /// The write-ahead log could not write the request (disk full, I/O
     /// error): nothing of it was stored, so the client must send it again.
     #[error("cannot store spans now, retry after {}: {source}", humantime::format_duration(*.retry_after))]

@@ -122,7 +122,7 @@ pub fn to_table(result: &QueryResult) -> Result<String, ArrowError> {
         result.row_count,
         if result.row_count == 1 { "" } else { "s" },
         if result.truncated {
-            " (truncated at the row cap)"
+            " (truncated at query.max_rows or query.max_result_bytes)"
         } else {
             ""
         },

@@ -5,7 +5,9 @@
 //! statements are refused, and every query has a timeout, a memory limit and
 //! a row cap.
 
+mod bounded;
 pub mod format;
+pub mod guard;
 mod hdr_udf;
 mod partitions;
 pub mod reports;
@@ -40,6 +42,9 @@ pub enum QueryError {
     /// The query does not parse or plan.
     #[error("invalid query: {0}")]
     Invalid(String),
+    /// The statement is over a bound checked before it is planned.
+    #[error("query too large: {0}")]
+    TooLarge(String),
     #[error("query timed out after {}", humantime::format_duration(*.0))]
     Timeout(Duration),
     #[error("query exceeded its memory limit: {0}")]
@@ -108,6 +113,14 @@ fn classify(e: DataFusionError) -> QueryError {
     if is_missing_file(&e) {
         return QueryError::FileGone(message);
     }
+    // A pattern that does not compile (or compiles too big) is the query's
+    // fault, whichever layer noticed it.
+    if message.contains("regex parse error")
+        || message.contains("Regular expression did not compile")
+        || message.contains("Compiled regex exceeds size limit")
+    {
+        return QueryError::Invalid(message);
+    }
     match root {
         DataFusionError::ResourcesExhausted(m) => QueryError::Memory(m.clone()),
         DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => {
@@ -124,6 +137,9 @@ pub struct QueryLimits {
     pub timeout: Duration,
     pub memory_bytes: usize,
     pub max_rows: usize,
+    /// Arrow bytes of the answer at most: what serialising it may hold.
+    pub max_result_bytes: usize,
+    pub statement: guard::StatementLimits,
 }
 
 impl Default for QueryLimits {
@@ -132,8 +148,35 @@ impl Default for QueryLimits {
             timeout: Duration::from_secs(30),
             memory_bytes: 256 << 20,
             max_rows: 100_000,
+            max_result_bytes: 32 << 20,
+            statement: guard::StatementLimits::default(),
         }
     }
+}
+
+/// Stack of the threads that plan and run queries. Some of DataFusion's
+/// walks over an expression recurse without protection; with expressions
+/// bounded by `query.max_expr_depth`, this leaves a wide margin. Only the
+/// pages a query touches are resident.
+const QUERY_STACK_BYTES: usize = 64 << 20;
+
+/// The runtime queries run on, apart from the one that serves ingest: a
+/// query that computes for a long time (a huge scalar function cannot be
+/// interrupted) holds one of these threads, never an ingest worker.
+fn query_runtime() -> &'static tokio::runtime::Handle {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("llmtrace-query")
+                .thread_stack_size(QUERY_STACK_BYTES)
+                .enable_all()
+                .build()
+                .expect("the query runtime starts")
+        })
+        .handle()
 }
 
 /// A finished query.
@@ -165,6 +208,9 @@ struct Parts {
     prices: Arc<PriceBook>,
     config: SessionConfig,
     runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    /// What one call of a string-building function may build: the memory
+    /// pool does not see scalar values.
+    max_string_bytes: usize,
 }
 
 impl Parts {
@@ -205,6 +251,7 @@ impl Parts {
         ctx.register_udaf(datafusion::logical_expr::AggregateUDF::new_from_impl(
             hdr_udf::HdrMerge::new(),
         ));
+        bounded::register(&ctx, self.max_string_bytes);
         Ok(ctx)
     }
 }
@@ -346,6 +393,7 @@ impl QueryEngine {
             prices: Arc::new(prices.clone()),
             config,
             runtime,
+            max_string_bytes: limits.memory_bytes / 4,
         };
         Ok(QueryEngine {
             ctx: parts.session(None).await?,
@@ -378,74 +426,110 @@ impl QueryEngine {
     }
 
     /// Runs one read-only statement over `tenant`'s data only (every
-    /// tenant's for `None`), within the limits.
+    /// tenant's for `None`), within the limits, on the query runtime.
     pub async fn run_as(&self, tenant: Option<&str>, sql: &str) -> Result<QueryResult, QueryError> {
         let started = Instant::now();
-        let mut result = Err(QueryError::FileGone(String::new()));
-        // Each run lists the files afresh: one that compaction or retention
-        // removed after the last listing is not in the next.
-        for _ in 0..FILE_GONE_RETRIES {
-            result = match self.session(tenant).await {
-                Ok(ctx) => self.run_bounded(&ctx, sql, started).await,
-                Err(e) => Err(e),
-            };
-            match &result {
-                Err(QueryError::FileGone(message)) => {
-                    tracing::debug!(%message, "a file went away under a query; running it again");
-                }
-                _ => break,
-            }
-        }
+        let result = self.run_guarded(tenant, sql, started).await;
         if let Some(m) = &self.metrics {
             m.query(started.elapsed(), result.is_ok());
         }
         result
     }
 
+    async fn run_guarded(
+        &self,
+        tenant: Option<&str>,
+        sql: &str,
+        started: Instant,
+    ) -> Result<QueryResult, QueryError> {
+        guard::check(sql, self.limits.statement)?;
+        let ctx = self.session(tenant).await?;
+        let (limits, sql) = (self.limits.clone(), sql.to_owned());
+        let task = query_runtime().spawn(async move {
+            let mut result = Err(QueryError::FileGone(String::new()));
+            // Each run lists the files afresh: one that compaction or
+            // retention removed after the last listing is not in the next.
+            for _ in 0..FILE_GONE_RETRIES {
+                result = run_bounded(&ctx, &sql, &limits, started).await;
+                match &result {
+                    Err(QueryError::FileGone(message)) => {
+                        tracing::debug!(%message, "a file went away under a query; running it again");
+                    }
+                    _ => break,
+                }
+            }
+            result
+        });
+        let abort = task.abort_handle();
+        // The timeout runs here too: a query stuck in a long function still
+        // gets its answer in time, and its task is cancelled at its next
+        // await (the function itself runs on to its end on a query thread).
+        match tokio::time::timeout(self.limits.timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(QueryError::Failed(format!("query task failed: {join}"))),
+            Err(_) => {
+                abort.abort();
+                Err(QueryError::Timeout(self.limits.timeout))
+            }
+        }
+    }
+
     /// Runs one read-only statement over every tenant's data, within the limits.
     pub async fn run(&self, sql: &str) -> Result<QueryResult, QueryError> {
         self.run_as(None, sql).await
     }
+}
 
-    async fn run_bounded(
-        &self,
-        ctx: &SessionContext,
-        sql: &str,
-        started: Instant,
-    ) -> Result<QueryResult, QueryError> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let work = async {
-            let df = ctx.sql_with_options(sql, options).await.map_err(classify)?;
-            let mut stream = df.execute_stream().await.map_err(classify)?;
-            let schema = stream.schema();
-            let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(classify)?;
-                let room = self.limits.max_rows - rows;
-                if batch.num_rows() > room {
-                    batches.push(batch.slice(0, room));
-                    rows += room;
-                    truncated = true;
-                    break;
-                }
-                rows += batch.num_rows();
-                batches.push(batch);
+/// Plans and runs one statement within `limits`, collecting its answer.
+async fn run_bounded(
+    ctx: &SessionContext,
+    sql: &str,
+    limits: &QueryLimits,
+    started: Instant,
+) -> Result<QueryResult, QueryError> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let work = async {
+        let df = ctx.sql_with_options(sql, options).await.map_err(classify)?;
+        let mut stream = df.execute_stream().await.map_err(classify)?;
+        let schema = stream.schema();
+        let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
+        let mut bytes = 0usize;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(classify)?;
+            let room = limits.max_rows - rows;
+            if batch.num_rows() > room {
+                batches.push(batch.slice(0, room));
+                rows += room;
+                truncated = true;
+                break;
             }
-            Ok::<_, QueryError>((schema, batches, rows, truncated))
-        };
-        let (schema, batches, row_count, truncated) =
-            tokio::time::timeout(self.limits.timeout, work)
-                .await
-                .map_err(|_| QueryError::Timeout(self.limits.timeout))??;
-        Ok(QueryResult {
-            schema,
-            batches,
-            row_count,
-            truncated,
-            elapsed: started.elapsed(),
-        })
-    }
+            // The answer is held whole to be serialised: bounded in
+            // bytes as well as rows (one huge string is one row).
+            bytes += batch.get_array_memory_size();
+            if bytes > limits.max_result_bytes && !batches.is_empty() {
+                truncated = true;
+                break;
+            }
+            rows += batch.num_rows();
+            batches.push(batch);
+            if bytes > limits.max_result_bytes {
+                truncated = true;
+                break;
+            }
+        }
+        Ok::<_, QueryError>((schema, batches, rows, truncated))
+    };
+    let (schema, batches, row_count, truncated) = tokio::time::timeout(limits.timeout, work)
+        .await
+        .map_err(|_| QueryError::Timeout(limits.timeout))??;
+    Ok(QueryResult {
+        schema,
+        batches,
+        row_count,
+        truncated,
+        elapsed: started.elapsed(),
+    })
 }

@@ -5,6 +5,11 @@
 //! Each partition has one value per partition column and holds rows of one
 //! time range (an hour of `start_time` for spans, a day of `minute` for
 //! rollups), so filters on either rule it out without opening a file.
+//!
+//! The scan skips (and sets aside) files that turn out to be damaged; see
+//! [`damaged`].
+
+mod damaged;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -113,15 +118,29 @@ pub fn partitioned_file(
         .with_partition_values(values.into_iter().map(partition_value).collect()))
 }
 
-/// A Parquet scan of `files`, with the partition columns after the file's.
+/// Where a table's files are: the data dir, and what is in them.
+pub struct FileSource<'a> {
+    pub data_dir: &'a std::path::Path,
+    pub kind: crate::quarantine::Kind,
+}
+
+/// A Parquet scan of `files` (each with its local path), with the partition
+/// columns after the file's. A file that cannot be read because its bytes
+/// are damaged is set aside and the scan goes on without it.
 pub async fn file_scan(
     state: &dyn Session,
+    source: FileSource<'_>,
     file_schema: SchemaRef,
     partition_fields: Vec<FieldRef>,
-    files: Vec<PartitionedFile>,
+    files: Vec<(PartitionedFile, std::path::PathBuf)>,
     projection: Option<&Vec<usize>>,
     limit: Option<usize>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    let paths = files
+        .iter()
+        .map(|(f, path)| (f.object_meta.location.clone(), path.clone()))
+        .collect();
+    let files = files.into_iter().map(|(f, _)| f).collect();
     let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
     let table_schema = TableSchema::builder(file_schema)
         .with_table_partition_cols(partition_fields)
@@ -135,7 +154,16 @@ pub async fn file_scan(
     .with_projection_indices(projection.cloned())?
     .with_limit(limit)
     .build();
-    format.create_physical_plan(state, config).await
+    let scan = format.create_physical_plan(state, config).await?;
+    let files = damaged::ScanFiles {
+        data_dir: source.data_dir.to_owned(),
+        kind: source.kind,
+        paths,
+    };
+    Ok(Arc::new(damaged::SkipDamagedExec::new(
+        scan,
+        Arc::new(files),
+    )))
 }
 
 fn text_of(v: &ScalarValue) -> Option<&str> {

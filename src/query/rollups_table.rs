@@ -15,7 +15,9 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::partitions::{file_scan, partition_type, partitioned_file, prune, Layout, Partition};
+use super::partitions::{
+    file_scan, partition_type, partitioned_file, prune, FileSource, Layout, Partition,
+};
 use crate::aggregate::rollup::rollup_schema;
 use crate::store::list_rollup_files;
 
@@ -111,6 +113,7 @@ impl TableProvider for RollupsTable {
             .filter(|(_, k)| *k)
             .map(|(f, _)| {
                 partitioned_file(&f.path, f.size, f.modified, f.key.column_values().to_vec())
+                    .map(|file| (file, f.path.clone()))
             })
             .collect::<Result<Vec<_>>>()?;
         if files.is_empty() {
@@ -120,8 +123,13 @@ impl TableProvider for RollupsTable {
             };
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
+        let source = FileSource {
+            data_dir: &self.data_dir,
+            kind: crate::quarantine::Kind::Rollups,
+        };
         file_scan(
             state,
+            source,
             self.file_schema.clone(),
             self.partition_fields.clone(),
             files,

@@ -23,7 +23,9 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::partitions::{file_scan, partition_type, partitioned_file, prune, Layout, Partition};
+use super::partitions::{
+    file_scan, partition_type, partitioned_file, prune, FileSource, Layout, Partition,
+};
 use crate::record::span_schema;
 use crate::store::{PartitionKey, SpanSnapshot, Store};
 
@@ -44,6 +46,13 @@ pub enum SpanSource {
 }
 
 impl SpanSource {
+    fn data_dir(&self) -> &std::path::Path {
+        match self {
+            SpanSource::Dir(dir) => dir,
+            SpanSource::Live(store) => store.data_dir(),
+        }
+    }
+
     fn snapshot(&self) -> Result<SpanSnapshot, crate::store::StoreError> {
         match self {
             SpanSource::Dir(dir) => SpanSnapshot::of_dir(dir),
@@ -218,6 +227,7 @@ impl TableProvider for SpansTable {
             .filter(|(_, k)| **k)
             .map(|(f, _)| {
                 partitioned_file(&f.path, f.size, f.modified, f.key.column_values().to_vec())
+                    .map(|file| (file, f.path.clone()))
             })
             .collect::<Result<Vec<_>>>()?;
         let batches: Vec<(PartitionKey, RecordBatch)> = snapshot
@@ -232,6 +242,10 @@ impl TableProvider for SpansTable {
             inputs.push(
                 file_scan(
                     state,
+                    FileSource {
+                        data_dir: self.source.data_dir(),
+                        kind: crate::quarantine::Kind::Spans,
+                    },
                     self.file_schema.clone(),
                     self.partition_fields.clone(),
                     files,

@@ -24,6 +24,11 @@
 //! spans are in Parquet. Readers globbing `*.parquet` themselves (DuckDB) can
 //! see inputs and output together only between steps 2 and 3.
 //!
+//! An input that cannot be read (truncated, garbled) is checked on its own
+//! and, if damaged, moved to `quarantine/` (see [`crate::quarantine`]); the
+//! partition's other files are merged without it. Otherwise one damaged file
+//! would stop its partition from ever being compacted.
+//!
 //! One collector per data dir compacts: this is not coordinated across
 //! processes.
 
@@ -166,6 +171,18 @@ struct Opened {
     /// The write-ahead-log positions the inputs hold, ascending.
     wal: Vec<crate::wal::WalPosition>,
     batches: Box<dyn Iterator<Item = Result<RecordBatch, StoreError>> + Send>,
+    /// The input whose read failed, once one has.
+    failed: Arc<std::sync::Mutex<Option<PathBuf>>>,
+}
+
+/// Why a merge failed: reading one of its inputs (which may be damaged), or
+/// anything else (writing the output, the swap).
+#[derive(Debug, thiserror::Error)]
+enum MergeError {
+    #[error("cannot read {}: {error}", path.display())]
+    Input { path: PathBuf, error: StoreError },
+    #[error(transparent)]
+    Other(#[from] StoreError),
 }
 
 /// Opens `inputs` for reading; `None` when one is not of `schema` (a file of
@@ -174,13 +191,18 @@ fn open_inputs<K>(
     inputs: &[PartitionFile<K>],
     schema: &arrow::datatypes::SchemaRef,
     what: &str,
-) -> Result<Option<Opened>, StoreError> {
+) -> Result<Option<Opened>, MergeError> {
     let mut readers = Vec::with_capacity(inputs.len());
     let mut rows = 0usize;
     let mut wal = Vec::new();
     for input in inputs {
+        let input_error = |error: StoreError| MergeError::Input {
+            path: input.path.clone(),
+            error,
+        };
         let file = File::open(&input.path).map_err(|e| StoreError::io(&input.path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| input_error(e.into()))?;
         if !same_columns(builder.schema(), schema) {
             tracing::warn!(path = %input.path.display(), "not compacted: the file's schema is not the current {what} schema");
             return Ok(None);
@@ -188,34 +210,68 @@ fn open_inputs<K>(
         let footer = builder.metadata().file_metadata();
         rows += footer.num_rows().max(0) as usize;
         wal.extend(wal_positions_in(footer));
-        readers.push(builder.with_batch_size(READ_BATCH_ROWS).build()?);
+        let reader = builder
+            .with_batch_size(READ_BATCH_ROWS)
+            .build()
+            .map_err(|e| input_error(e.into()))?;
+        readers.push((input.path.clone(), reader));
     }
     wal.sort();
     wal.dedup();
     let schema = schema.clone();
-    let batches = readers
-        .into_iter()
-        .flatten()
-        .map(|b| b.map_err(StoreError::from))
-        .map(move |b| b.and_then(|b| conform(b, &schema)));
+    let failed = Arc::new(std::sync::Mutex::new(None));
+    let noted = failed.clone();
+    let batches = readers.into_iter().flat_map(move |(path, reader)| {
+        let noted = noted.clone();
+        reader.map(move |b| {
+            b.map_err(|e| {
+                *noted.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.clone());
+                StoreError::from(e)
+            })
+        })
+    });
+    let batches = batches.map(move |b| b.and_then(|b| conform(b, &schema)));
     Ok(Some(Opened {
         rows,
         wal,
         batches: Box::new(batches),
+        failed,
     }))
+}
+
+/// Writes the merged file with `write`, then swaps it in for `inputs`;
+/// a failure while reading an input names that input.
+fn write_merged<K>(
+    inputs: &[PartitionFile<K>],
+    output: &Path,
+    failed: &std::sync::Mutex<Option<PathBuf>>,
+    write: impl FnOnce() -> Result<(), StoreError>,
+) -> Result<(), MergeError> {
+    swap(inputs, output, write).map_err(|error| {
+        match failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(path) => MergeError::Input { path, error },
+            None => MergeError::Other(error),
+        }
+    })
 }
 
 /// Merges `inputs` (all of one partition) into one new file and removes
 /// them. `None` when an input is not a span file of the current schema.
-fn merge(writer: &ParquetWriter, inputs: &[SpanFile]) -> Result<Option<usize>, StoreError> {
+fn merge(writer: &ParquetWriter, inputs: &[SpanFile]) -> Result<Option<usize>, MergeError> {
     let Some(first) = inputs.first() else {
         return Ok(None);
     };
-    let Some(Opened { rows, wal, batches }) = open_inputs(inputs, &span_schema(), "span")? else {
+    let Some(Opened {
+        rows,
+        wal,
+        batches,
+        failed,
+    }) = open_inputs(inputs, &span_schema(), "span")?
+    else {
         return Ok(None);
     };
     let output = writer.compacted_path_for(&first.key);
-    swap(inputs, &output, || {
+    write_merged(inputs, &output, &failed, || {
         writer.write_stream(&output, rows, batches, &wal)
     })?;
     Ok(Some(rows))
@@ -325,7 +381,7 @@ fn choose_rollups(
 fn merge_rollups(
     writer: &RollupWriter,
     inputs: &[RollupFile],
-) -> Result<Option<usize>, StoreError> {
+) -> Result<Option<usize>, MergeError> {
     let Some(first) = inputs.first() else {
         return Ok(None);
     };
@@ -333,7 +389,7 @@ fn merge_rollups(
         return Ok(None);
     };
     let output = writer.compacted_path_for(&first.key);
-    swap(inputs, &output, || {
+    write_merged(inputs, &output, &opened.failed, || {
         writer.write_stream(&output, opened.batches)
     })?;
     Ok(Some(opened.rows))
@@ -348,24 +404,53 @@ pub fn compact_rollups(
 ) -> Result<Compacted, StoreError> {
     let chosen = choose_rollups(list_rollup_files(writer.data_dir())?, now, policy);
     let dir = |k: &RollupKey| k.dir(Path::new(""));
-    Ok(merge_each(chosen, "rollup", dir, |inputs| {
-        merge_rollups(writer, inputs)
-    }))
+    let kind = crate::quarantine::Kind::Rollups;
+    Ok(merge_each(
+        chosen,
+        "rollup",
+        writer.data_dir(),
+        kind,
+        dir,
+        |inputs| merge_rollups(writer, inputs),
+    ))
 }
 
 /// Merges each group of files with `merge`, logging each outcome; a group
-/// that fails stays as it was and the next one goes on.
+/// that fails stays as it was and the next one goes on. An input that fails
+/// to read and is damaged goes to quarantine, and the group is merged
+/// again without it.
 fn merge_each<K>(
     groups: Vec<Vec<PartitionFile<K>>>,
     what: &str,
+    data_dir: &Path,
+    kind: crate::quarantine::Kind,
     dir: impl Fn(&K) -> PathBuf,
-    mut merge: impl FnMut(&[PartitionFile<K>]) -> Result<Option<usize>, StoreError>,
+    mut merge: impl FnMut(&[PartitionFile<K>]) -> Result<Option<usize>, MergeError>,
 ) -> Compacted {
     let mut done = Compacted::default();
-    for inputs in groups {
+    for mut inputs in groups {
         let started = std::time::Instant::now();
         let partition = dir(&inputs[0].key).display().to_string();
-        match merge(&inputs) {
+        // Each round either ends the group or sets one input aside, so this
+        // ends; a damaged input is skipped by queries meanwhile anyway.
+        let merged = loop {
+            inputs.retain(|f| !crate::quarantine::known_damaged(&f.path));
+            if inputs.len() < 2 {
+                break Ok(None);
+            }
+            match merge(&inputs) {
+                Err(MergeError::Input { path, error }) => {
+                    let outcome =
+                        crate::quarantine::set_aside_if_damaged(data_dir, &path, kind, &error);
+                    if !outcome.damaged() {
+                        break Err(MergeError::Input { path, error });
+                    }
+                    inputs.retain(|f| f.path != path);
+                }
+                other => break other,
+            }
+        };
+        match merged {
             Ok(Some(rows)) => {
                 done.partitions += 1;
                 done.files += inputs.len();
@@ -420,7 +505,10 @@ impl Store {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let dir = |k: &PartitionKey| k.dir(Path::new(""));
-            merge_each(chosen, "span", dir, |inputs| merge(&this.writer, inputs))
+            let kind = crate::quarantine::Kind::Spans;
+            merge_each(chosen, "span", &this.data_dir, kind, dir, |inputs| {
+                merge(&this.writer, inputs)
+            })
         })
         .await
         .map_err(|e| StoreError::io(&self.data_dir, std::io::Error::other(e)))

@@ -20,15 +20,28 @@
 //!
 //! # Recovery
 //!
-//! [`Wal::open`] refuses a segment with a foreign or unsupported header.
-//! In the last segment, the first torn or corrupt record (short header, short
-//! payload, zero or oversized length, CRC mismatch) ends the log: it is logged
-//! and the file truncated there, and appends continue after it. Under
-//! [`FsyncPolicy::Always`] only records that were never acknowledged can be in
-//! a torn tail. In an older segment the same damage is logged during replay
-//! and the rest of that segment skipped (its records cannot be framed any
-//! more); replay continues with the next segment, and the file is left as it
-//! is.
+//! A segment with a foreign, damaged or unsupported header is set aside, not
+//! refused: [`Wal::open`] logs an error and moves it to the quarantine
+//! directory ([`WalOptions::quarantine_dir`]), and the log goes on without
+//! it (new segments are numbered after it). Refusing to start would stop
+//! ingest for every tenant until someone removed the file by hand.
+//!
+//! A record that does not validate (short header, short payload, zero or
+//! oversized length, CRC mismatch) is one of two things:
+//! - a torn tail, when no valid record follows it: normal after a crash. In
+//!   the last segment it is logged and the file truncated there, and appends
+//!   continue after it; under [`FsyncPolicy::Always`] only records that were
+//!   never acknowledged can be in a torn tail. In an older segment the rest of
+//!   it is skipped and the file left as it is.
+//! - damage in the middle (a bad sector, a stray write), when valid records
+//!   follow: the reader scans forward for the next record that validates and
+//!   whose successor validates too (records are framed by length and CRC
+//!   only, so one matching CRC could be chance), replays from there, and
+//!   copies the bytes it could not read to the quarantine directory as
+//!   `wal-<seq>.log.<start>-<end>.damaged`. The scan never sizes a buffer by
+//!   a length it reads, and the checksums it computes are bounded per segment
+//!   (`format::RESYNC_CHECKSUM_BUDGET`); past the bound the rest of the
+//!   segment is copied aside too, and treated as a tail.
 //!
 //! # Group commit
 //!
@@ -62,9 +75,14 @@ mod tests;
 
 use format::{
     check_header, encode_checkpoint, encode_header, encode_record_header, parse_segment_name,
-    segment_path, HeaderState, ReadError, RecordReader, CHECKPOINT_FILE, CHECKPOINT_TMP,
+    segment_path, Damage, HeaderState, ReadError, RecordReader, CHECKPOINT_FILE, CHECKPOINT_TMP,
     HEADER_LEN, RECORD_HEADER_LEN,
 };
+
+/// The quarantine directory inside the log's directory when
+/// [`WalOptions::quarantine_dir`] is unset; not a segment name, so never
+/// listed as one.
+const DEFAULT_QUARANTINE: &str = "quarantine";
 
 /// Where a record lives: ordered by segment, then by offset in it, which is
 /// the order in which records were appended.
@@ -103,6 +121,10 @@ pub struct WalOptions {
     /// recovery believes.
     pub max_record_size: u32,
     pub fsync: FsyncPolicy,
+    /// Where segments with a bad header are moved, and copies of damaged
+    /// bytes kept (see the module docs); `quarantine/` inside the log's own
+    /// directory when unset. The server sets `<data dir>/quarantine/wal`.
+    pub quarantine_dir: Option<PathBuf>,
 }
 
 impl Default for WalOptions {
@@ -111,6 +133,7 @@ impl Default for WalOptions {
             segment_size: 64 << 20,
             max_record_size: 64 << 20,
             fsync: FsyncPolicy::Always,
+            quarantine_dir: None,
         }
     }
 }
@@ -356,7 +379,8 @@ struct ReplaySegment {
 /// The records that were in the log at open, oldest first, read lazily one
 /// segment at a time. Records at or before the checkpoint are skipped.
 ///
-/// Damage in an older segment is logged and the rest of that segment
+/// Damage followed by valid records is copied aside and skipped; a torn or
+/// damaged tail of an older segment is logged and the rest of that segment
 /// skipped. An I/O error is yielded as `Err`, and the iterator then moves on
 /// to the next segment; the caller decides whether to carry on.
 pub struct Replay {
@@ -364,6 +388,7 @@ pub struct Replay {
     current: Option<(u64, RecordReader)>,
     skip_through: Option<WalPosition>,
     max_record: u32,
+    quarantine: PathBuf,
 }
 
 impl Iterator for Replay {
@@ -382,7 +407,17 @@ impl Iterator for Replay {
                 }
             };
             let mut payload = Vec::new();
-            match reader.next_into(&mut payload) {
+            let read = reader.next_into(&mut payload);
+            for damage in reader.take_damage() {
+                keep_damage(
+                    reader.path(),
+                    *seq,
+                    &damage,
+                    &self.quarantine,
+                    self.skip_through,
+                );
+            }
+            match read {
                 Ok(Some(offset)) => {
                     let position = WalPosition {
                         segment: *seq,
@@ -399,7 +434,7 @@ impl Iterator for Replay {
                         file = %segment_path_of(reader),
                         offset,
                         reason = %reason,
-                        "corrupt record in an older write-ahead log segment; skipping the rest of that segment"
+                        "corrupt record in an older write-ahead log segment and no valid record after it; skipping the rest of that segment"
                     );
                     self.current = None;
                 }
@@ -433,22 +468,41 @@ impl Wal {
             }
         }
         let checkpoint = read_checkpoint(&dir)?;
+        let quarantine = options
+            .quarantine_dir
+            .clone()
+            .unwrap_or_else(|| dir.join(DEFAULT_QUARANTINE));
 
-        // Every header is checked before anything is modified, so a foreign
-        // file aborts the open without our having truncated something.
+        // Every header is checked before anything is truncated. A header
+        // that is not ours is set aside: its file may hold records, but
+        // nothing says whose or of which segment.
         let mut found = Vec::new();
+        let mut dir_changed = false;
+        // The highest sequence seen, bad headers included: new segments
+        // are numbered past it, so none takes the name of a file that
+        // could not be moved away.
+        let mut highest = None;
         for seq in list_segments(&dir)? {
+            highest = Some(seq);
             let path = segment_path(&dir, seq);
             let mut file = File::open(&path).map_err(|e| WalError::io("open", &path, e))?;
             let len = file
                 .metadata()
                 .map_err(|e| WalError::io("stat", &path, e))?
                 .len();
-            let state = check_header(&mut file, &path, seq, len)?;
-            found.push((seq, path, len, state));
+            match check_header(&mut file, &path, seq, len) {
+                Ok(state) => found.push((seq, path, len, state)),
+                Err(
+                    error @ (WalError::BadSegment { .. } | WalError::UnsupportedVersion { .. }),
+                ) => {
+                    drop(file);
+                    set_aside(&path, &quarantine, &error);
+                    dir_changed = true;
+                }
+                Err(error) => return Err(error),
+            }
         }
 
-        let mut dir_changed = false;
         // Removed by `remove_through` (the checkpoint was written first) but
         // the process died before unlinking them.
         if let Some(cp) = checkpoint {
@@ -459,7 +513,13 @@ impl Wal {
             }
         }
 
-        let last = found.pop();
+        // A segment set aside after the last good one: that one was sealed
+        // (a later one existed), so it is replayed as sealed and appends go
+        // to a new segment.
+        let last = match (found.last(), highest) {
+            (Some(last), Some(highest)) if last.0 == highest => found.pop(),
+            _ => None,
+        };
         let mut sealed = Vec::new();
         let mut replay = std::collections::VecDeque::new();
         for (seq, path, len, state) in found {
@@ -483,11 +543,17 @@ impl Wal {
         }
 
         let mut writer = match last {
-            Some((seq, path, len, state)) => recover_last(&dir, path, seq, len, state, &options)?,
+            Some((seq, path, len, state)) => {
+                let recovery = Recovery {
+                    quarantine: &quarantine,
+                    checkpoint,
+                };
+                recover_last(&dir, path, seq, len, state, &options, recovery)?
+            }
             None => {
                 dir_changed = true;
-                let seq = checkpoint.map_or(1, |cp| cp.segment + 1);
-                create_segment(&dir, seq, never)?
+                let after = checkpoint.map(|cp| cp.segment).max(highest);
+                create_segment(&dir, after.map_or(1, |seq| seq + 1), never)?
             }
         };
         if writer.last_record.is_some() {
@@ -578,6 +644,7 @@ impl Wal {
                 current: None,
                 skip_through: checkpoint,
                 max_record,
+                quarantine,
             },
         ))
     }
@@ -1109,8 +1176,15 @@ fn create_segment(dir: &Path, seq: u64, never: bool) -> Result<Writer, WalError>
     })
 }
 
+/// Where recovery keeps what it cannot replay, and what needs no replay.
+struct Recovery<'a> {
+    quarantine: &'a Path,
+    checkpoint: Option<WalPosition>,
+}
+
 /// Scans the last segment, cuts a torn or corrupt tail off, and opens it for
-/// appending after its last good record.
+/// appending after its last good record. Damage followed by valid records
+/// is copied aside and left in place (the records after it are replayed).
 fn recover_last(
     dir: &Path,
     path: PathBuf,
@@ -1118,6 +1192,7 @@ fn recover_last(
     len: u64,
     state: HeaderState,
     options: &WalOptions,
+    recovery: Recovery<'_>,
 ) -> Result<Writer, WalError> {
     let never = options.fsync == FsyncPolicy::Never;
     if state == HeaderState::Torn {
@@ -1127,8 +1202,22 @@ fn recover_last(
     let mut reader = RecordReader::open(&path, len, options.max_record_size)?;
     let mut buf = Vec::new();
     let mut last_record = None;
+    // Whether the bytes past the valid end may go: not if they were kept
+    // as damage (the resync scan gave up) and the copy failed.
+    let mut tail_kept = true;
     let valid_end = loop {
-        match reader.next_into(&mut buf) {
+        let read = reader.next_into(&mut buf);
+        for damage in reader.take_damage() {
+            let kept = keep_damage(
+                &path,
+                seq,
+                &damage,
+                recovery.quarantine,
+                recovery.checkpoint,
+            );
+            tail_kept &= kept || !damage.gave_up;
+        }
+        match read {
             Ok(Some(offset)) => last_record = Some(offset),
             Ok(None) => break len,
             Err(ReadError::Corrupt { offset, reason }) => {
@@ -1150,7 +1239,13 @@ fn recover_last(
         .write(true)
         .open(&path)
         .map_err(|e| WalError::io("open", &path, e))?;
-    if valid_end < len {
+    let mut broken = false;
+    if valid_end < len && !tail_kept {
+        // The only copy of those bytes: the segment is sealed as it is and
+        // appends go to a new one.
+        tracing::error!(file = %path.display(), offset = valid_end, "not truncating the damaged tail of the last write-ahead log segment, as no copy of it could be kept; new records go to a new segment");
+        broken = true;
+    } else if valid_end < len {
         file.set_len(valid_end)
             .map_err(|e| WalError::io("truncate", &path, e))?;
         if !never {
@@ -1166,8 +1261,63 @@ fn recover_last(
         seq,
         len: valid_end,
         last_record,
-        broken: false,
+        broken,
     })
+}
+
+/// Moves a segment whose header is not ours (`error` says why) to the
+/// quarantine directory; if that fails it stays where it is, ignored, and
+/// the next open tries again.
+fn set_aside(path: &Path, quarantine: &Path, error: &WalError) {
+    let dest = quarantine.join(path.file_name().unwrap_or_default());
+    let kind = crate::quarantine::Kind::WalSegment;
+    if let Err(move_error) = crate::quarantine::move_to(path, &dest, kind, error) {
+        tracing::error!(file = %path.display(), %error, error = %move_error, "write-ahead log segment with a bad header cannot be set aside; it is ignored where it is");
+    }
+}
+
+/// Copies the damaged bytes of segment `seq` (at `path`) to the quarantine
+/// directory as `<segment name>.<start>-<end>.damaged`, once, and logs them.
+/// Returns whether a copy exists (or none is needed: every record that could
+/// start in the range is at or before the checkpoint, so in Parquet already).
+fn keep_damage(
+    path: &Path,
+    seq: u64,
+    damage: &Damage,
+    quarantine: &Path,
+    checkpoint: Option<WalPosition>,
+) -> bool {
+    let (start, end) = (damage.start, damage.end);
+    let bytes = end - start;
+    let last_start = WalPosition {
+        segment: seq,
+        offset: end.saturating_sub(1),
+    };
+    if checkpoint.is_some_and(|cp| last_start <= cp) {
+        tracing::warn!(file = %path.display(), start, end, reason = %damage.reason, "damaged bytes in a write-ahead log segment, all before the checkpoint: their records are in Parquet already");
+        return true;
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let dest = quarantine.join(format!("{name}.{start}-{end}.damaged"));
+    let kind = crate::quarantine::Kind::WalRecords;
+    match crate::quarantine::copy_range(path, start, end, &dest, kind) {
+        Ok(true) if damage.gave_up => {
+            tracing::error!(file = %path.display(), start, end, bytes, reason = %damage.reason, kept = %dest.display(), "damaged write-ahead log segment: no record to resume at was found within the scan bound; the rest of the segment is not replayed and a copy of it is kept");
+            true
+        }
+        Ok(true) => {
+            tracing::error!(file = %path.display(), start, end, bytes, reason = %damage.reason, kept = %dest.display(), "damaged bytes in a write-ahead log segment: the records in them cannot be replayed, a copy is kept, and replay resumes after them");
+            true
+        }
+        Ok(false) => {
+            tracing::debug!(file = %path.display(), start, end, kept = %dest.display(), "damaged write-ahead log bytes already kept");
+            true
+        }
+        Err(error) => {
+            tracing::error!(file = %path.display(), start, end, bytes, reason = %damage.reason, %error, "damaged bytes in a write-ahead log segment could not be copied aside");
+            false
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), WalError> {

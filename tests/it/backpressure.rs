@@ -130,9 +130,11 @@ async fn overload_is_refused_with_retry_hints_and_nothing_acknowledged_is_lost()
 }
 
 /// Requests in flight are bounded by the memory they hold: while one body
-/// of the whole `max_in_flight_bytes` is still arriving, other exports are
-/// refused with retry hints over both protocols, before their bodies are
-/// kept; once it is done, they are accepted again.
+/// that has sent about the whole `max_in_flight_bytes` is still arriving,
+/// other exports are refused with retry hints over both protocols, before
+/// their bodies are kept; once it is done, they are accepted again. (What a
+/// body declares is not charged, only what it has sent: see the
+/// `hostile_clients` tests.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_are_bounded_by_memory_and_refused_with_retry_hints() {
     use tokio::io::AsyncWriteExt;
@@ -143,15 +145,17 @@ async fn requests_in_flight_are_bounded_by_memory_and_refused_with_retry_hints()
     .await;
     let client = reqwest::Client::new();
 
-    // A slow client: a 1 MiB body declared, a few bytes sent, then nothing.
+    // A slow client: a 1 MiB gzip body declared, 900 KiB of it sent, then
+    // nothing. Its buffer grows by doubling, to the whole 1 MiB.
     let mut slow = tokio::net::TcpStream::connect(server.addrs.http)
         .await
         .unwrap();
     let head = format!(
-        "POST /v1/traces HTTP/1.1\r\nhost: llmtrace\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{{\"resourceSpans\":",
+        "POST /v1/traces HTTP/1.1\r\nhost: llmtrace\r\ncontent-type: application/x-protobuf\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
         1 << 20
     );
     slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&vec![0u8; 900 << 10]).await.unwrap();
     slow.flush().await.unwrap();
 
     // Until the server has admitted it, others still get in.

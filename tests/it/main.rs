@@ -10,6 +10,8 @@ mod crash;
 mod data_dir_lock;
 mod disk_full;
 mod fixtures;
+mod hostile_clients;
+mod hostile_sql;
 mod loadgen;
 mod one_call;
 mod otlp_json;

@@ -43,7 +43,8 @@ impl Faults {
     }
 }
 
-/// Collects the WARN events emitted on the current thread.
+/// Collects the WARN and ERROR events emitted on the current thread, the
+/// latter prefixed `ERROR `.
 #[derive(Clone, Default)]
 struct Warnings(Arc<Mutex<Vec<String>>>);
 
@@ -74,8 +75,12 @@ impl tracing::Subscriber for Warnings {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
-        if *event.metadata().level() == tracing::Level::WARN {
+        let level = *event.metadata().level();
+        if level == tracing::Level::WARN || level == tracing::Level::ERROR {
             let mut line = String::new();
+            if level == tracing::Level::ERROR {
+                line.push_str("ERROR ");
+            }
             event.record(&mut Fields(&mut line));
             self.0.lock().unwrap().push(line);
         }
@@ -288,7 +293,7 @@ fn a_flipped_byte_in_the_last_record_drops_only_that_record() {
 }
 
 #[test]
-fn a_corrupt_record_in_an_older_segment_skips_the_rest_of_that_segment() {
+fn a_corrupt_record_in_an_older_segment_is_kept_aside_and_the_records_after_it_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let opts = options(1024, FsyncPolicy::Never);
     let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
@@ -299,33 +304,221 @@ fn a_corrupt_record_in_an_older_segment_skips_the_rest_of_that_segment() {
     assert!(in_first.len() >= 3);
     assert!(positions.last().unwrap().segment >= first + 2);
     let path = segment_path(dir.path(), first);
-    let before = file_len(&path);
+    let before = fs::read(&path).unwrap();
     // A payload byte of the second record of the first segment.
-    flip(&path, in_first[1].offset + 8 + 2);
+    let damaged = *in_first[1];
+    flip(&path, damaged.offset + 8 + 2);
 
     let ((_wal, replay), warnings) = Warnings::capture(|| {
-        let (wal, replay) = Wal::open(dir.path(), opts).unwrap();
+        let (wal, replay) = Wal::open(dir.path(), opts.clone()).unwrap();
         (wal, replay_all(replay))
     });
     let expected: Vec<_> = positions
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.segment != first || p.offset < in_first[1].offset)
+        .filter(|(_, p)| **p != damaged)
         .map(|(i, p)| (*p, payload(i)))
         .collect();
     let got: Vec<_> = replay
         .into_iter()
         .map(|r| (r.position, r.payload))
         .collect();
-    assert_eq!(got, expected);
+    assert_eq!(got, expected, "every record but the damaged one");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("ERROR "), "{warnings:?}");
     assert!(warnings[0].contains("checksum mismatch"), "{warnings:?}");
-    assert!(warnings[0].contains(&format!("offset={} ", in_first[1].offset)));
+    assert!(warnings[0].contains(&format!("start={} ", damaged.offset)));
+    // Exactly the damaged record's bytes are kept, as they are on disk.
+    let end = in_first[2].offset;
+    let kept = dir.path().join(format!(
+        "quarantine/{}.{}-{end}.damaged",
+        format::segment_file_name(first),
+        damaged.offset
+    ));
+    let mut want = before[damaged.offset as usize..end as usize].to_vec();
+    want[8 + 2] ^= 0xff;
+    assert_eq!(fs::read(&kept).unwrap(), want);
+    assert_eq!(
+        fs::read(&path).unwrap().len(),
+        before.len(),
+        "left as it is"
+    );
+
+    // Opened again: the same records, the copy not made twice.
+    let ((_wal, again), warnings) = Warnings::capture(|| {
+        let (wal, replay) = Wal::open(dir.path(), opts).unwrap();
+        (wal, replay_all(replay))
+    });
+    assert_eq!(again.len(), expected.len());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        fs::read_dir(dir.path().join("quarantine")).unwrap().count(),
+        1
+    );
+}
+
+/// Garbles `n` bytes from `at`, so they differ from what was there.
+fn garble(path: &Path, at: u64, n: usize) {
+    let mut bytes = fs::read(path).unwrap();
+    for (i, b) in bytes[at as usize..at as usize + n].iter_mut().enumerate() {
+        // The high bit of the mask is set: every byte changes.
+        *b ^= 0x80 | (i as u8).wrapping_mul(31);
+    }
+    fs::write(path, bytes).unwrap();
+}
+
+/// Damage anywhere before the last records (headers, payloads, across
+/// records) loses exactly the records it touches: the last segment keeps
+/// every record after it, is not truncated there, and takes appends after
+/// its true end.
+#[test]
+fn damage_in_the_middle_of_the_last_segment_loses_only_the_records_it_touches() {
+    let source = tempfile::tempdir().unwrap();
+    let positions = one_segment_log(source.path(), 40);
+    let seq = positions[0].segment;
+    let original = fs::read(segment_path(source.path(), seq)).unwrap();
+    let span = |i: usize| {
+        let start = positions[i].offset;
+        (start, start + 8 + payload(i).len() as u64)
+    };
+    // From inside the header of record 3 to inside record 30, in steps that
+    // land on headers, payloads and boundaries.
+    let (from, to) = (span(3).0 + 2, span(30).0);
+    for at in (from..to).step_by(7) {
+        for n in [1usize, 9, 200] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = segment_path(dir.path(), seq);
+            fs::write(&path, &original).unwrap();
+            let n = n.min((original.len() as u64 - at) as usize);
+            garble(&path, at, n);
+            let touched = |i: usize| {
+                let (s, e) = span(i);
+                s < at + n as u64 && at < e
+            };
+            let (wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+            let got: Vec<_> = replay_all(replay).into_iter().map(|r| r.position).collect();
+            let want: Vec<_> = (0..40)
+                .filter(|i| !touched(*i))
+                .map(|i| positions[i])
+                .collect();
+            assert_eq!(got, want, "{n} bytes garbled at {at}");
+            assert_eq!(file_len(&path), original.len() as u64, "not truncated");
+            let next = wal.append(b"after").unwrap();
+            assert_eq!(next.offset, original.len() as u64);
+            // The kept copy covers the garbled bytes.
+            let kept: Vec<_> = fs::read_dir(dir.path().join("quarantine"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(kept.len(), 1, "{kept:?}");
+            let range = kept[0]
+                .rsplit_once(".log.")
+                .and_then(|(_, r)| r.strip_suffix(".damaged"))
+                .and_then(|r| r.split_once('-'))
+                .map(|(s, e)| (s.parse::<u64>().unwrap(), e.parse::<u64>().unwrap()))
+                .unwrap();
+            assert!(range.0 <= at && at + n as u64 <= range.1, "{range:?}");
+        }
+    }
+}
+
+/// The reader itself: the damaged range it reports is exactly the records
+/// that do not validate, and it resumes at the next one.
+#[test]
+fn the_reader_reports_the_damaged_range_and_resumes_at_the_next_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let positions = one_segment_log(dir.path(), 10);
+    let path = segment_path(dir.path(), positions[0].segment);
+    let len = file_len(&path);
+    // Record 4's length field: its header no longer says where record 5 is.
+    flip(&path, positions[4].offset + 1);
+    // And record 7's payload.
+    flip(&path, positions[7].offset + 9);
+    let mut reader = RecordReader::open(&path, len, 1 << 20).unwrap();
+    let mut buf = Vec::new();
+    let mut offsets = Vec::new();
+    let mut damage = Vec::new();
+    loop {
+        let read = reader.next_into(&mut buf);
+        damage.extend(reader.take_damage());
+        match read {
+            Ok(Some(offset)) => offsets.push(offset),
+            Ok(None) => break,
+            Err(_) => panic!("no tail damage here"),
+        }
+    }
+    let want: Vec<u64> = [0, 1, 2, 3, 5, 6, 8, 9]
+        .iter()
+        .map(|&i| positions[i].offset)
+        .collect();
+    assert_eq!(offsets, want);
+    let ranges: Vec<_> = damage.iter().map(|d| (d.start, d.end, d.gave_up)).collect();
+    assert_eq!(
+        ranges,
+        vec![
+            (positions[4].offset, positions[5].offset, false),
+            (positions[7].offset, positions[8].offset, false),
+        ]
+    );
+}
+
+/// Garbage that declares a plausible 1 MiB length at every fourth byte
+/// makes each candidate cost a 1 MiB checksum: the scan stops at its
+/// budget, keeps the rest of the segment aside, and treats it as a tail.
+#[test]
+fn the_resync_scan_stops_at_its_checksum_budget_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(64 << 20, FsyncPolicy::Never);
+    let positions: Vec<_> = {
+        let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+        (0..3).map(|i| wal.append(&payload(i)).unwrap()).collect()
+    };
+    let path = segment_path(dir.path(), positions[0].segment);
+    let good_end = file_len(&path);
+    let mut bytes = fs::read(&path).unwrap();
+    let pattern = [0u8, 0, 0x10, 0];
+    let garbage = format::RESYNC_CHECKSUM_BUDGET / (1 << 20) * 4 + 4096;
+    bytes.extend(pattern.iter().cycle().take(garbage as usize));
+    // Valid-looking records after the garbage, so room is never what stops it.
+    for i in 0..2048 {
+        let p = vec![(i % 251) as u8; 1024];
+        bytes.extend_from_slice(&encode_record_header(&p));
+        bytes.extend_from_slice(&p);
+    }
+    fs::write(&path, &bytes).unwrap();
+
+    #[cfg(target_os = "linux")]
+    let before = vm_peak_kib();
+    let started = Instant::now();
+    let ((wal, records), warnings) = Warnings::capture(|| {
+        let (wal, replay) = Wal::open(dir.path(), opts).unwrap();
+        (wal, replay_all(replay))
+    });
+    println!("gave up after {:?}", started.elapsed());
+    #[cfg(target_os = "linux")]
+    {
+        let grown = vm_peak_kib().saturating_sub(before);
+        assert!(grown < 1 << 20, "peak virtual memory grew by {grown} KiB");
+    }
+    assert_eq!(records.len(), 3);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("ERROR ") && w.contains("within the scan bound")),
+        "{warnings:?}"
+    );
+    let kept = dir.path().join(format!(
+        "quarantine/{}.{good_end}-{}.damaged",
+        format::segment_file_name(positions[0].segment),
+        bytes.len()
+    ));
+    assert_eq!(fs::read(&kept).unwrap(), bytes[good_end as usize..]);
     assert_eq!(
         file_len(&path),
-        before,
-        "older segments are left as they are"
+        good_end,
+        "a copy is kept, so the tail goes"
     );
+    assert_eq!(wal.append(b"x").unwrap().offset, good_end);
 }
 
 #[test]
@@ -392,48 +585,114 @@ fn remove_through_deletes_exactly_the_covered_segments() {
     assert!(wal.append(b"more").unwrap() > last);
 }
 
+/// The files of the default quarantine directory of the log in `dir`.
+fn quarantined(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match fs::read_dir(dir.join(DEFAULT_QUARANTINE)) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
 #[test]
-fn a_segment_with_a_foreign_header_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = segment_path(dir.path(), 1);
-    let junk = b"this is not a write-ahead log segment, honestly".to_vec();
-    fs::write(&path, &junk).unwrap();
-    let err = Wal::open(dir.path(), WalOptions::default())
-        .err()
-        .expect("refused");
-    assert!(matches!(err, WalError::BadSegment { .. }), "{err}");
-    let msg = err.to_string();
-    assert!(msg.contains(&path.display().to_string()), "{msg}");
-    assert!(msg.contains("not a segment of this log"), "{msg}");
-    assert_eq!(fs::read(&path).unwrap(), junk, "left untouched");
-
-    // Right magic, another version.
-    let mut header = encode_header(1);
-    header[8..12].copy_from_slice(&9u32.to_le_bytes());
-    let crc = crc32fast::hash(&header[..20]);
-    header[20..24].copy_from_slice(&crc.to_le_bytes());
-    fs::write(&path, header).unwrap();
-    let err = Wal::open(dir.path(), WalOptions::default())
-        .err()
-        .expect("refused");
-    assert!(
-        matches!(
-            err,
-            WalError::UnsupportedVersion {
-                found: 9,
-                supported: 1,
-                ..
-            }
+fn a_segment_with_a_foreign_header_is_set_aside_and_the_log_starts() {
+    let name = format::segment_file_name(1);
+    // Not ours at all; right magic but another version; a header naming
+    // another segment; a header whose checksum fails.
+    let mut other_version = encode_header(1);
+    other_version[8..12].copy_from_slice(&9u32.to_le_bytes());
+    let crc = crc32fast::hash(&other_version[..20]);
+    other_version[20..24].copy_from_slice(&crc.to_le_bytes());
+    let mut garbled = encode_header(1).to_vec();
+    garbled[13] ^= 0x40;
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            b"this is not a write-ahead log segment, honestly".to_vec(),
+            "not a segment of this log",
         ),
-        "{err}"
-    );
+        (other_version.to_vec(), "has format version 9"),
+        (encode_header(5).to_vec(), "names segment 5"),
+        (garbled, "header checksum mismatch"),
+    ];
+    for (bytes, why) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), 1);
+        let mut content = bytes.clone();
+        content.extend_from_slice(&[7u8; 100]);
+        fs::write(&path, &content).unwrap();
+        let ((wal, replay), warnings) =
+            Warnings::capture(|| Wal::open(dir.path(), WalOptions::default()).unwrap());
+        assert_eq!(replay.count(), 0);
+        assert_eq!(warnings.len(), 1, "{why}: {warnings:?}");
+        assert!(warnings[0].starts_with("ERROR "), "{warnings:?}");
+        assert!(warnings[0].contains(why), "{warnings:?}");
+        assert!(warnings[0].contains(&path.display().to_string()));
+        assert!(!path.exists(), "{why}: moved");
+        assert_eq!(quarantined(dir.path()), vec![name.clone()]);
+        assert_eq!(
+            fs::read(dir.path().join(DEFAULT_QUARANTINE).join(&name)).unwrap(),
+            content,
+            "kept as it was"
+        );
+        // New records go to a new segment, numbered after the one set aside.
+        let pos = wal.append(b"x").unwrap();
+        assert_eq!(pos.segment, 2);
+        drop(wal);
+        let (_wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        assert_eq!(replay_all(replay).len(), 1);
+    }
+}
 
-    // A segment whose header names another segment.
-    fs::write(&path, encode_header(5)).unwrap();
-    let err = Wal::open(dir.path(), WalOptions::default())
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("names segment 5"), "{err}");
+/// A bad header among good segments: the others are replayed in full, and
+/// when it was the newest, the one before it is treated as sealed and
+/// appends go past it.
+#[test]
+fn a_bad_header_among_good_segments_sets_only_that_segment_aside() {
+    for bad in [2u64, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(300, FsyncPolicy::Never);
+        let positions: Vec<_> = {
+            let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+            (0..40).map(|i| wal.append(&payload(i)).unwrap()).collect()
+        };
+        let last = positions.last().unwrap().segment;
+        assert!(last >= 4, "{last}");
+        let mut segments = segments_in(dir.path());
+        if bad == 4 {
+            // Make it the newest one.
+            for seq in segments.iter().filter(|s| **s > 4) {
+                fs::remove_file(segment_path(dir.path(), *seq)).unwrap();
+            }
+            segments.retain(|s| *s <= 4);
+        }
+        flip(&segment_path(dir.path(), bad), 3);
+        let ((wal, replay), warnings) = Warnings::capture(|| {
+            let (wal, replay) = Wal::open(dir.path(), opts.clone()).unwrap();
+            (wal, replay_all(replay))
+        });
+        let want: Vec<_> = positions
+            .iter()
+            .filter(|p| p.segment != bad && segments.contains(&p.segment))
+            .copied()
+            .collect();
+        let got: Vec<_> = replay.iter().map(|r| r.position).collect();
+        assert_eq!(got, want, "bad segment {bad}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(
+            quarantined(dir.path()),
+            vec![format::segment_file_name(bad)]
+        );
+        let next = wal.append(b"after").unwrap();
+        let newest = *segments.last().unwrap();
+        if bad == newest {
+            assert!(next.segment > bad, "{next}: past the one set aside");
+        } else {
+            assert_eq!(next.segment, newest, "appends go on in the newest");
+        }
+    }
 }
 
 #[test]
