@@ -31,33 +31,40 @@ pub struct Counters {
 
 impl Counters {
     fn record(&mut self, r: &SpanRecord, llm: &LlmFacts) {
-        self.requests += 1;
+        // Saturating everywhere: counts come from the client, and a sum
+        // near the type's end must stay at it, never wrap (or panic).
+        self.requests = self.requests.saturating_add(1);
         if r.facts.status == SpanStatus::Error {
-            self.errors += 1;
+            self.errors = self.errors.saturating_add(1);
         }
         if r.cost_status == CostStatus::Unpriced {
-            self.unpriced += 1;
+            self.unpriced = self.unpriced.saturating_add(1);
         }
         let t = &llm.tokens;
-        self.input_tokens += t.input.unwrap_or(0);
-        self.output_tokens += t.output.unwrap_or(0);
-        self.cache_read_tokens += t.cache_read.unwrap_or(0);
-        self.cache_write_tokens += t.cache_write.unwrap_or(0);
-        self.reasoning_tokens += t.reasoning.unwrap_or(0);
+        let add = |sum: &mut u64, n: Option<u64>| *sum = sum.saturating_add(n.unwrap_or(0));
+        add(&mut self.input_tokens, t.input);
+        add(&mut self.output_tokens, t.output);
+        add(&mut self.cache_read_tokens, t.cache_read);
+        add(&mut self.cache_write_tokens, t.cache_write);
+        add(&mut self.reasoning_tokens, t.reasoning);
         if let Some(usd) = r.cost_usd {
             self.cost_nano_usd = self.cost_nano_usd.saturating_add(nano_usd(usd));
         }
     }
 
     pub fn add(&mut self, o: &Counters) {
-        self.requests += o.requests;
-        self.errors += o.errors;
-        self.unpriced += o.unpriced;
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
-        self.cache_read_tokens += o.cache_read_tokens;
-        self.cache_write_tokens += o.cache_write_tokens;
-        self.reasoning_tokens += o.reasoning_tokens;
+        for (sum, n) in [
+            (&mut self.requests, o.requests),
+            (&mut self.errors, o.errors),
+            (&mut self.unpriced, o.unpriced),
+            (&mut self.input_tokens, o.input_tokens),
+            (&mut self.output_tokens, o.output_tokens),
+            (&mut self.cache_read_tokens, o.cache_read_tokens),
+            (&mut self.cache_write_tokens, o.cache_write_tokens),
+            (&mut self.reasoning_tokens, o.reasoning_tokens),
+        ] {
+            *sum = sum.saturating_add(n);
+        }
         self.cost_nano_usd = self.cost_nano_usd.saturating_add(o.cost_nano_usd);
     }
 
@@ -263,6 +270,28 @@ mod tests {
         h.iter_recorded()
             .map(|v| (v.value_iterated_to(), v.count_at_value()))
             .collect()
+    }
+
+    #[test]
+    fn token_sums_near_the_end_of_the_type_stay_there() {
+        let mut r = SpanRecord::sample("chat", 1);
+        let llm = LlmFacts {
+            tokens: crate::genai::Tokens {
+                input: Some(u64::MAX - 1),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut c = Counters::default();
+        c.record(&r, &llm);
+        c.record(&r, &llm);
+        assert_eq!(c.input_tokens, u64::MAX);
+        let copy = c.clone();
+        c.add(&copy);
+        assert_eq!((c.input_tokens, c.requests), (u64::MAX, 4));
+        r.cost_usd = Some(f64::MAX);
+        c.record(&r, &llm);
+        assert_eq!(c.cost_nano_usd, i64::MAX);
     }
 
     #[test]

@@ -160,6 +160,49 @@ impl Default for QueryLimits {
 /// pages a query touches are resident.
 const QUERY_STACK_BYTES: usize = 64 << 20;
 
+/// Hands the memory a query freed on this thread back to the OS when the
+/// thread goes idle, at most every 100 ms. mimalloc (the binary's
+/// allocator) purges a thread's free pages only when that thread allocates
+/// again, and an idle query thread does not: after one large query the
+/// process would keep its peak resident, and the RSS guard would refuse
+/// ingest for it.
+fn give_back_memory() {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    LAST.with(|last| {
+        if last
+            .get()
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(100))
+        {
+            last.set(Some(Instant::now()));
+            collect_now();
+        }
+    });
+}
+
+fn collect_now() {
+    // SAFETY: mi_collect takes no pointers; it only walks this thread's
+    // heap (and does nothing where mimalloc is not the allocator).
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
+/// Runs `work` (encoding an answer: as big as the answer, or bigger) on a
+/// query thread, whose memory is handed back when it is done, rather than
+/// on a thread that serves ingest.
+pub async fn off_ingest<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, QueryError> {
+    query_runtime()
+        .spawn(async move {
+            let out = work();
+            collect_now();
+            out
+        })
+        .await
+        .map_err(|e| QueryError::Failed(format!("encoding task failed: {e}")))
+}
+
 /// The runtime queries run on, apart from the one that serves ingest: a
 /// query that computes for a long time (a huge scalar function cannot be
 /// interrupted) holds one of these threads, never an ingest worker.
@@ -172,6 +215,7 @@ fn query_runtime() -> &'static tokio::runtime::Handle {
                 .worker_threads(threads)
                 .thread_name("llmtrace-query")
                 .thread_stack_size(QUERY_STACK_BYTES)
+                .on_thread_park(give_back_memory)
                 .enable_all()
                 .build()
                 .expect("the query runtime starts")
@@ -458,6 +502,7 @@ impl QueryEngine {
                     _ => break,
                 }
             }
+            collect_now();
             result
         });
         let abort = task.abort_handle();
