@@ -338,7 +338,8 @@ fn read_everything(file: File, again: File) -> Result<(), parquet::errors::Parqu
 pub enum Outcome {
     /// Damaged and moved here.
     Quarantined(PathBuf),
-    /// Damaged, but could not be moved (logged); skip it anyway.
+    /// Damaged, but could not be moved (logged), or moved meanwhile by
+    /// another reader; skip it anyway.
     DamagedInPlace,
     /// The file is gone or cannot be opened: nothing known about its bytes.
     Unavailable(io::Error),
@@ -376,6 +377,13 @@ pub fn set_aside_if_damaged(
     }
     let damage = match check_parquet(path) {
         Check::Readable => return Outcome::Readable,
+        // Set aside a moment ago by another reader of the same file (a
+        // query whose partitions each read a byte range of it).
+        Check::Unavailable(e)
+            if e.kind() == std::io::ErrorKind::NotFound && destination(data_dir, path).exists() =>
+        {
+            return Outcome::DamagedInPlace
+        }
         Check::Unavailable(e) => return Outcome::Unavailable(e),
         Check::Damaged(damage) => damage,
     };
@@ -463,9 +471,15 @@ mod tests {
         render(&mut text);
         assert!(text.contains("llmtrace_quarantined_files_total{kind=\"spans\"}"));
 
-        // Gone is not damage.
+        // Found again by another reader after it was moved: skipped too.
         assert!(matches!(
             set_aside_if_damaged(data.path(), &path, Kind::Spans, &"x"),
+            Outcome::DamagedInPlace
+        ));
+        // Gone, and never set aside, is not damage.
+        std::fs::remove_file(&good).unwrap();
+        assert!(matches!(
+            set_aside_if_damaged(data.path(), &good, Kind::Spans, &"x"),
             Outcome::Unavailable(_)
         ));
     }

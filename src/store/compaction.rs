@@ -853,6 +853,69 @@ mod tests {
         assert_eq!(rollup_totals(dir.path()).await, before);
     }
 
+    /// 200 bytes of a file's first page garbled, or the file cut in half.
+    fn damage(path: &Path, truncate: bool) {
+        let mut bytes = std::fs::read(path).unwrap();
+        if truncate {
+            bytes.truncate(bytes.len() / 2);
+        } else {
+            for b in &mut bytes[4..204] {
+                *b ^= 0xa5;
+            }
+        }
+        std::fs::write(path, &bytes).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_damaged_input_is_set_aside_and_the_others_are_merged() {
+        for truncate in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::new(dir.path(), usize::MAX, 1024, 1));
+            fill(&store, OLD, 5, 1000, 0).await;
+            let inputs = list_span_files(dir.path()).unwrap();
+            damage(&inputs[2].path, truncate);
+            let done = store
+                .compact(SystemTime::now() + QUIET, &policy())
+                .await
+                .unwrap();
+            assert_eq!(
+                done,
+                Compacted {
+                    partitions: 1,
+                    files: 4,
+                    rows: 4000
+                },
+                "truncated: {truncate}"
+            );
+            let after = list_span_files(dir.path()).unwrap();
+            assert_eq!(after.len(), 1);
+            assert!(crate::quarantine::destination(dir.path(), &inputs[2].path).is_file());
+            assert_eq!(rows(&store), Some(4000));
+            // The merged file names the log records of the rows it holds.
+            let wal: Vec<u64> = wal_positions(&after[0].path)
+                .unwrap()
+                .iter()
+                .map(|p| p.offset)
+                .collect();
+            assert_eq!(wal, vec![0, 1, 3, 4]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_rollup_input_is_set_aside_and_the_others_are_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = RollupWriter::new(dir.path());
+        write_rollups(&writer, OLD, 10);
+        let inputs = list_rollup_files(dir.path()).unwrap();
+        damage(&inputs[3].path, false);
+        let done = compact_rollups(&writer, SystemTime::now(), &policy()).unwrap();
+        assert_eq!((done.partitions, done.files, done.rows), (1, 9, 9));
+        assert!(crate::quarantine::destination(dir.path(), &inputs[3].path).is_file());
+        // Minute 3 (4 requests) is the one set aside.
+        let totals = rollup_totals(dir.path()).await;
+        assert!(totals.contains("| 9    | 51    |"), "{totals}");
+    }
+
     #[test]
     fn rollup_files_are_merged_by_the_hour_they_were_written_and_then_by_day() {
         let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();

@@ -1272,7 +1272,7 @@ fn set_aside(path: &Path, quarantine: &Path, error: &WalError) {
     let dest = quarantine.join(path.file_name().unwrap_or_default());
     let kind = crate::quarantine::Kind::WalSegment;
     if let Err(move_error) = crate::quarantine::move_to(path, &dest, kind, error) {
-        tracing::error!(file = %path.display(), %error, error = %move_error, "write-ahead log segment with a bad header cannot be set aside; it is ignored where it is");
+        tracing::error!(file = %path.display(), reason = %error, error = %move_error, "write-ahead log segment with a bad header cannot be set aside; it is ignored where it is");
     }
 }
 

@@ -91,6 +91,13 @@ impl ExecutionPlan for SkipDamagedExec {
         vec![true]
     }
 
+    /// The scan must stay this node's child: a repartition the optimizer
+    /// put between them would hide the files. Spreading a scan of fewer
+    /// files than cores over threads is done above this node instead.
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         vec![&self.input]
     }
@@ -133,9 +140,13 @@ impl ExecutionPlan for SkipDamagedExec {
             .get(partition)
             .map(|group| group.files().iter().cloned().collect())
             .unwrap_or_default();
+        // Without its file list: each file's copy holds that file alone,
+        // and copying every file per file would cost files squared.
+        let mut template = config.clone();
+        template.file_groups = Vec::new();
         let state = FileByFile {
             remaining: config.limit,
-            template: config.clone(),
+            template,
             files,
             current: None,
             context,
@@ -290,5 +301,211 @@ impl FileByFile {
                 Err(error)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::pricing::PriceBook;
+    use crate::query::{QueryEngine, QueryLimits};
+    use crate::record::SpanRecord;
+    use crate::store::{list_span_files, Store};
+
+    /// 2024-03-05T10:00:00Z
+    const TEN: i64 = 1_709_632_800_000_000_000;
+    const HOUR: i64 = 3_600_000_000_000;
+
+    /// Three span files: two in hour 10 (100 and 200 spans), one in hour 11
+    /// (400 spans); returns them in that order.
+    async fn three_files(dir: &Path) -> (Arc<Store>, Vec<PathBuf>) {
+        let store = Arc::new(Store::new(dir, usize::MAX, 1024, 1));
+        let mut files = Vec::new();
+        for (start, n) in [(TEN, 100), (TEN + 60_000_000_000, 200), (TEN + HOUR, 400)] {
+            let records: Vec<SpanRecord> = (0..n)
+                .map(|i| {
+                    let mut r = SpanRecord::sample("call", (i % 200) as u8);
+                    r.start_unix_nano = start + i as i64;
+                    r.end_unix_nano = r.start_unix_nano + 1_000;
+                    r
+                })
+                .collect();
+            store
+                .buffer()
+                .append(&Arc::from("default"), &records, None)
+                .unwrap();
+            store.flush().await.unwrap();
+            let new = list_span_files(dir)
+                .unwrap()
+                .into_iter()
+                .map(|f| f.path)
+                .find(|p| !files.contains(p))
+                .unwrap();
+            files.push(new);
+        }
+        (store, files)
+    }
+
+    fn truncate(path: &Path) {
+        let bytes = std::fs::read(path).unwrap();
+        std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+    }
+
+    /// 200 bytes of the first column's first page (header and data).
+    fn garble(path: &Path) {
+        let mut bytes = std::fs::read(path).unwrap();
+        for b in &mut bytes[4..204] {
+            *b ^= 0xa5;
+        }
+        std::fs::write(path, &bytes).unwrap();
+    }
+
+    async fn count(engine: &QueryEngine, sql: &str) -> i64 {
+        let result = engine
+            .run(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let column = result.batches[0].column(0);
+        datafusion::arrow::array::cast::as_primitive_array::<
+            datafusion::arrow::datatypes::Int64Type,
+        >(column)
+        .value(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_span_file_is_set_aside_and_queries_answer_over_the_rest() {
+        for truncated in [true, false] {
+            let (what, damage): (_, fn(&Path)) = if truncated {
+                ("truncated", truncate)
+            } else {
+                ("garbled", garble)
+            };
+            for live in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let (store, files) = three_files(dir.path()).await;
+                damage(&files[0]);
+                let prices = PriceBook::default_book();
+                let limits = QueryLimits::default();
+                let engine = if live {
+                    QueryEngine::live(store.clone(), &prices, limits).await
+                } else {
+                    QueryEngine::open(dir.path(), &prices, limits).await
+                }
+                .unwrap();
+                let before = quarantine::files_total(Kind::Spans);
+                // Reads the first column of every file of hour 10 and 11.
+                let sql = "SELECT count(trace_id) FROM spans";
+                assert_eq!(count(&engine, sql).await, 600, "{what}, live {live}");
+                let moved = quarantine::destination(dir.path(), &files[0]);
+                assert!(moved.is_file(), "{what}: {} set aside", moved.display());
+                assert!(!files[0].exists());
+                assert!(quarantine::files_total(Kind::Spans) > before);
+                // And again, now without it; the partition's other file and
+                // the other partition are all there.
+                assert_eq!(count(&engine, sql).await, 600);
+                let by_hour = "SELECT count(trace_id) FROM spans WHERE hour = '10'";
+                assert_eq!(count(&engine, by_hour).await, 200);
+                assert!(files[1].exists() && files[2].exists());
+            }
+        }
+    }
+
+    /// An error that is not the file's (here: a file removed between the
+    /// listing and the read) leaves good files where they are.
+    #[tokio::test]
+    async fn a_readable_file_is_never_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, files) = three_files(dir.path()).await;
+        let outcome = quarantine::set_aside_if_damaged(dir.path(), &files[1], Kind::Spans, &"x");
+        assert!(
+            matches!(outcome, quarantine::Outcome::Readable),
+            "{outcome:?}"
+        );
+        std::fs::remove_file(&files[2]).unwrap();
+        let outcome = quarantine::set_aside_if_damaged(dir.path(), &files[2], Kind::Spans, &"x");
+        assert!(matches!(outcome, quarantine::Outcome::Unavailable(_)));
+        assert!(!quarantine::dir(dir.path()).exists());
+    }
+}
+
+#[cfg(test)]
+mod rollup_tests {
+    use super::*;
+    use crate::pricing::PriceBook;
+    use crate::query::{QueryEngine, QueryLimits};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_rollup_file_is_set_aside_and_queries_answer_over_the_rest() {
+        use crate::aggregate::{hdr, AggKey, Counters, Rollup};
+        let dir = tempfile::tempdir().unwrap();
+        let writer = crate::store::RollupWriter::new(dir.path());
+        let tenant: Arc<str> = Arc::from("default");
+        for m in 0..3i64 {
+            let mut latency = hdr::new_histogram(3).unwrap();
+            latency.record(5).unwrap();
+            let row = Arc::new(Rollup {
+                minute: 1_700_000_000_000_000_000 + m * 60_000_000_000,
+                key: AggKey::overflow(&tenant),
+                counters: Counters {
+                    requests: 10 + m as u64,
+                    ..Counters::default()
+                },
+                latency: hdr::encode(&latency),
+                ttft: None,
+                correction: false,
+            });
+            for (tenant, date, batch) in crate::aggregate::rollup::to_batches(&[row]).unwrap() {
+                writer
+                    .write(&writer.path_for(&tenant, date), &batch)
+                    .unwrap();
+            }
+        }
+        let files = crate::store::list_rollup_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 3);
+        // Alone in its partition and in the scan: one file is one scan
+        // partition, fewer than the engine's threads.
+        let single = tempfile::tempdir().unwrap();
+        let only = quarantine::destination(dir.path(), &files[0].path);
+        let only = single
+            .path()
+            .join(only.strip_prefix(quarantine::dir(dir.path())).unwrap());
+        std::fs::create_dir_all(only.parent().unwrap()).unwrap();
+        std::fs::copy(&files[0].path, &only).unwrap();
+        let engine = QueryEngine::open(
+            dir.path(),
+            &PriceBook::default_book(),
+            QueryLimits::default(),
+        )
+        .await
+        .unwrap();
+        let sql = "SELECT CAST(sum(requests) AS BIGINT) FROM rollups";
+        let sum = |result: crate::query::QueryResult| {
+            datafusion::arrow::array::cast::as_primitive_array::<
+                datafusion::arrow::datatypes::Int64Type,
+            >(result.batches[0].column(0))
+            .value(0)
+        };
+        assert_eq!(sum(engine.run(sql).await.unwrap()), 33);
+        let bytes = std::fs::read(&files[1].path).unwrap();
+        std::fs::write(&files[1].path, &bytes[..bytes.len() / 2]).unwrap();
+        let result = engine.run(sql).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sum(result), 22);
+        assert!(quarantine::destination(dir.path(), &files[1].path).is_file());
+
+        let engine = QueryEngine::open(
+            single.path(),
+            &PriceBook::default_book(),
+            QueryLimits::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(sum(engine.run(sql).await.unwrap()), 10);
+        let bytes = std::fs::read(&only).unwrap();
+        std::fs::write(&only, &bytes[..bytes.len() / 2]).unwrap();
+        let result = engine.run(sql).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(result.batches[0].column(0).null_count(), 1, "no rows left");
+        assert!(quarantine::destination(single.path(), &only).is_file());
     }
 }
