@@ -7,6 +7,7 @@ mod backpressure;
 mod bad_input;
 mod binary;
 mod crash;
+mod damaged;
 mod data_dir_lock;
 mod disk_full;
 mod fixtures;
