@@ -252,13 +252,21 @@ async fn run_query(
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let encoded = if accept.contains("text/csv") {
-        format::to_csv(&result).map(|b| ("text/csv", b))
-    } else if accept.contains(ARROW_STREAM) {
-        format::to_arrow_ipc(&result).map(|b| (ARROW_STREAM, b))
-    } else {
-        format::to_json(&result).map(|v| ("application/json", v.to_string().into_bytes()))
+        .unwrap_or("")
+        .to_owned();
+    let truncated = result.truncated;
+    let encode = move || {
+        if accept.contains("text/csv") {
+            format::to_csv(&result).map(|b| ("text/csv", b))
+        } else if accept.contains(ARROW_STREAM) {
+            format::to_arrow_ipc(&result).map(|b| (ARROW_STREAM, b))
+        } else {
+            format::to_json(&result).map(|v| ("application/json", v.to_string().into_bytes()))
+        }
+    };
+    let encoded = match crate::query::off_ingest(encode).await {
+        Ok(encoded) => encoded,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     match encoded {
         // JSON says `truncated` in the body; CSV and Arrow have no place for
@@ -269,7 +277,7 @@ async fn run_query(
                 (header::CONTENT_TYPE, content_type),
                 (
                     header::HeaderName::from_static(TRUNCATED_HEADER),
-                    if result.truncated { "true" } else { "false" },
+                    if truncated { "true" } else { "false" },
                 ),
             ],
             bytes,

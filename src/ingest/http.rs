@@ -333,9 +333,7 @@ async fn read_body(
             joined.capacity()
         } else {
             let ahead = declared.unwrap_or(limit).clamp(received, limit);
-            received
-                .max(joined.capacity().saturating_mul(2))
-                .min(ahead)
+            received.max(joined.capacity().saturating_mul(2)).min(ahead)
         };
         // The buffer at its next size (the chunk in hand is the
         // connection's read buffer, bounded by hyper).

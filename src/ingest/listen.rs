@@ -39,6 +39,10 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 
+/// How long an idle connection asked to close may take to: an HTTP/2 one
+/// waits for its client to answer a PING after the GOAWAY.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// A boxed error of a response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -487,10 +491,16 @@ async fn connection<S, B>(
                         return;
                     }
                 } else if activity.is_idle(&limits) {
+                    if !activity.served.load(Ordering::SeqCst) {
+                        // Never sent a request: nothing to finish.
+                        tracing::debug!(listener = options.what, %peer, "closing a connection that sent no request");
+                        return;
+                    }
                     tracing::debug!(listener = options.what, %peer, "closing an idle connection");
+                    // HTTP/2: GOAWAY, and a PING the client answers at once.
                     conn.as_mut().graceful_shutdown();
                     shutting_down = true;
-                    close_by = Some(Instant::now() + limits.header_read_timeout);
+                    close_by = Some(Instant::now() + IDLE_CLOSE_GRACE);
                 }
             }
         }

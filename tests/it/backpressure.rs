@@ -157,6 +157,9 @@ async fn requests_in_flight_are_bounded_by_memory_and_refused_with_retry_hints()
     slow.write_all(head.as_bytes()).await.unwrap();
     slow.write_all(&vec![0u8; 900 << 10]).await.unwrap();
     slow.flush().await.unwrap();
+    // Time for the server to read it: an export growing meanwhile could
+    // take budget the slow body then finds spent (and is refused for).
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Until the server has admitted it, others still get in.
     let mut refused = None;
