@@ -82,9 +82,25 @@ pub struct Addrs {
 }
 
 /// [`start_with_env`], returning the gRPC address too.
+/// The binary under test: this build's, or the one `IT_LLMTRACE_BIN` names
+/// (a build from before a fix, to see its tests fail).
+pub fn binary() -> std::ffi::OsString {
+    std::env::var_os("IT_LLMTRACE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_llmtrace").into())
+}
+
+/// The binary under test with the tests' own knobs removed (the server
+/// refuses `LLMTRACE_*` variables it does not know).
+pub fn command() -> Command {
+    let mut command = Command::new(binary());
+    command
+        .env_remove("IT_LLMTRACE_BIN")
+        .env_remove("LLMTRACE_CRASH_ROUNDS");
+    command
+}
+
 /// `llmtrace serve` on `data` and free ports, logging at info.
 pub fn serve_command(data: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_llmtrace"));
+    let mut command = command();
     command
         .args(["serve", "--data-dir"])
         .arg(data)
@@ -96,11 +112,63 @@ pub fn serve_command(data: &Path) -> Command {
             "--api-addr",
             "127.0.0.1:0",
         ])
-        // The test's own knob is not a server setting (the server refuses
-        // LLMTRACE_* variables it does not know).
-        .env_remove("LLMTRACE_CRASH_ROUNDS")
         .env("LLMTRACE_LOG", "info");
     command
+}
+
+/// Spawns a `serve` command and waits for the addresses it logs when it
+/// listens; copies its log to `log` if given (for when a test fails). When
+/// it exits without listening, what it printed.
+pub fn spawn_listening(
+    mut command: Command,
+    log: Option<std::path::PathBuf>,
+) -> Result<(Server, Addrs), String> {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut log = log.and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        });
+        let mut seen = Vec::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(log) = &mut log {
+                let _ = writeln!(log, "{line}");
+            }
+            if line.contains("listening") {
+                let field = |name: &str| {
+                    line.split(&format!("{name}="))
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let _ = tx.send(Ok(Addrs {
+                    grpc: field("grpc"),
+                    http: field("http"),
+                    api: field("api"),
+                }));
+            } else {
+                seen.push(line);
+            }
+        }
+        // The process is gone without listening.
+        let _ = tx.send(Err(seen.join("\n")));
+    });
+    let server = Server(child);
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(addrs)) => Ok((server, addrs)),
+        Ok(Err(output)) => Err(output),
+        Err(_) => Err("no listening line in 60 s".into()),
+    }
 }
 
 /// The rows of `sql` through a server's API at `api`.
@@ -125,39 +193,13 @@ pub async fn api_rows(api: &str, sql: &str) -> Vec<serde_json::Value> {
 }
 
 pub fn start_with_addrs(data: &Path, settings: &[(&str, &str)]) -> (Server, Addrs) {
-    let mut child = serve_command(data)
+    let mut command = serve_command(data);
+    command
         // Frequent flushes, so kills land before, during and after writes.
         .env("LLMTRACE_STORAGE_FLUSH_INTERVAL", "150ms")
         .env("LLMTRACE_QUERY_MAX_ROWS", "10000000")
-        .envs(settings.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if line.contains("listening") {
-                let field = |name: &str| {
-                    line.split(&format!("{name}="))
-                        .nth(1)
-                        .and_then(|r| r.split_whitespace().next())
-                        .map(str::to_owned)
-                };
-                let _ = tx.send((field("grpc"), field("http"), field("api")));
-            }
-        }
-    });
-    let child = Server(child);
-    let (grpc, http, api) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("listening line logged");
-    let addrs = Addrs {
-        grpc: grpc.unwrap(),
-        http: http.unwrap(),
-        api: api.unwrap(),
-    };
-    (child, addrs)
+        .envs(settings.iter().copied());
+    spawn_listening(command, None).expect("listening line logged")
 }
 
 /// Span ids acknowledged so far.

@@ -6,90 +6,32 @@
 //! copy of the damaged bytes; a segment with a garbled header is set aside
 //! and the server starts.
 //!
-//! `LLMTRACE_IT_BINARY=/path/to/llmtrace` runs these tests against another
+//! `IT_LLMTRACE_BIN=/path/to/llmtrace` runs these tests against another
 //! build (one from before the fix fails each of them).
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use prost::Message;
 
-use crate::binary::{api_rows, batch, terminate, Server, SPANS_PER_REQUEST};
+use crate::binary::{
+    api_rows, batch, command, serve_command, spawn_listening, terminate, Server, SPANS_PER_REQUEST,
+};
 use crate::support::now_nanos;
 
 const HOUR: u64 = 3_600_000_000_000;
 
-fn binary() -> PathBuf {
-    std::env::var_os("LLMTRACE_IT_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_llmtrace")))
-}
-
-/// The binary with the test's own knobs removed (the server refuses
-/// `LLMTRACE_*` variables it does not know).
-fn command() -> Command {
-    let mut command = Command::new(binary());
-    command
-        .env_remove("LLMTRACE_IT_BINARY")
-        .env_remove("LLMTRACE_CRASH_ROUNDS");
-    command
-}
-
 /// `serve` on `data` and free ports with `settings`; its HTTP and API
 /// addresses, or what it printed if it exited instead of listening.
 fn start(data: &Path, settings: &[(&str, &str)]) -> Result<(Server, String, String), String> {
-    let mut child = command()
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args(["--api-addr", "127.0.0.1:0"])
-        .env("LLMTRACE_LOG", "info")
+    let mut command = serve_command(data);
+    command
         .env("LLMTRACE_QUERY_MAX_ROWS", "10000000")
-        .envs(settings.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
+        .envs(settings.iter().copied());
     // The server's log, beside the data dir, for when a test fails.
-    let log_path = data.with_extension("log");
-    std::thread::spawn(move || {
-        use std::io::Write;
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_path)
-            .ok();
-        let mut seen = Vec::new();
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(log) = &mut log {
-                let _ = writeln!(log, "{line}");
-            }
-            if line.contains("listening") {
-                let field = |name: &str| {
-                    line.split(&format!("{name}="))
-                        .nth(1)
-                        .and_then(|r| r.split_whitespace().next())
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                let _ = tx.send(Ok((field("http"), field("api"))));
-            } else {
-                seen.push(line);
-            }
-        }
-        // The process is gone without listening.
-        let _ = tx.send(Err(seen.join("\n")));
-    });
-    let server = Server(child);
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Ok((http, api))) => Ok((server, http, api)),
-        Ok(Err(output)) => Err(output),
-        Err(_) => Err("no listening line in 60 s".into()),
-    }
+    spawn_listening(command, Some(data.with_extension("log")))
+        .map(|(server, addrs)| (server, addrs.http, addrs.api))
 }
 
 async fn post(http: &str, body: String) -> u16 {

@@ -20,9 +20,8 @@
 //! as it refuses unknown keys.
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -66,10 +65,6 @@ const SLACK: Duration = Duration::from_secs(3);
 /// The default `ingest.memory_limit`, which peak RSS must stay within.
 const MEMORY_LIMIT_MIB: f64 = 512.0;
 
-fn other_build() -> Option<std::ffi::OsString> {
-    std::env::var_os("IT_LLMTRACE_BIN")
-}
-
 /// A running `serve`, its addresses and pid.
 struct Running {
     server: Server,
@@ -109,48 +104,19 @@ impl Running {
 fn start(data: &Path, settings: &[(&str, &str)]) -> Running {
     // For the test's own HTTP clients.
     llmtrace::install_crypto_provider();
-    let binary = other_build().unwrap_or_else(|| env!("CARGO_BIN_EXE_llmtrace").into());
-    let mut command = Command::new(binary);
-    command
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--api-addr",
-            "127.0.0.1:0",
-        ])
-        .env("LLMTRACE_LOG", "info")
-        .stderr(Stdio::piped());
+    let mut command = crate::binary::serve_command(data);
     for (key, value) in settings {
         if std::env::var_os("IT_LLMTRACE_OLD").is_none() || !NEW_KEYS.contains(key) {
             command.env(key, value);
         }
     }
-    let mut child = command.spawn().expect("binary starts");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if line.contains("listening") {
-                let field = |name: &str| {
-                    line.split(&format!("{name}="))
-                        .nth(1)
-                        .and_then(|r| r.split_whitespace().next())
-                        .map(str::to_owned)
-                        .unwrap()
-                };
-                let _ = tx.send((field("grpc"), field("http")));
-            }
-        }
-    });
-    let server = Server(child);
-    let (grpc, http) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("listening line logged");
-    Running { server, http, grpc }
+    let (server, addrs) =
+        crate::binary::spawn_listening(command, None).expect("listening line logged");
+    Running {
+        server,
+        http: addrs.http,
+        grpc: addrs.grpc,
+    }
 }
 
 /// A small OTLP/JSON batch of 50 spans, ids from `n`.
