@@ -225,3 +225,85 @@ fn the_cli_and_alert_rules_refuse_deep_statements_without_dying() {
     assert!(out.status.code().is_some(), "exited, not killed: {text}");
     assert!(text.contains("query.max_expr_depth"), "{text}");
 }
+
+/// The smaller points of the review: sums near the end of the type, cut
+/// CSV and Arrow answers, a negative size in the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sums_saturate_cut_answers_say_so_and_bad_sizes_name_their_key() {
+    llmtrace::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, http, api) = start_with_env(
+        &dir.path().join("data"),
+        &[("LLMTRACE_QUERY_MAX_ROWS", "5")],
+    );
+    let client = reqwest::Client::new();
+    let now = now_nanos();
+    // Three calls near i64::MAX each: their sum passes u64::MAX too.
+    for i in 1..=3u64 {
+        let body = serde_json::json!({"resourceSpans": [{"scopeSpans": [{"spans": [{
+        "traceId": format!("{i:032x}"), "spanId": format!("{i:016x}"), "name": "chat gpt-4o",
+        "startTimeUnixNano": (now - 1_000_000).to_string(), "endTimeUnixNano": now.to_string(),
+        "attributes": [
+            {"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
+            {"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o"}},
+            {"key": "gen_ai.usage.input_tokens", "value": {"intValue": (i64::MAX - 1).to_string()}}
+        ]}]}]}]});
+        let resp = client
+            .post(format!("http://{http}/v1/traces"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let stats: serde_json::Value = serde_json::from_str(
+        &client
+            .get(format!("http://{api}/api/v1/stats?window=5m"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        stats["groups"][0]["input_tokens"].as_u64(),
+        Some(u64::MAX),
+        "saturated, not wrapped: {stats}"
+    );
+
+    for accept in ["text/csv", llmtrace::api::ARROW_STREAM, "application/json"] {
+        let resp = client
+            .post(format!("http://{api}/api/v1/query"))
+            .header("content-type", "application/json")
+            .header("accept", accept)
+            .body(r#"{"sql":"SELECT * FROM generate_series(1, 100)"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()
+                .get(llmtrace::api::TRUNCATED_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some("true"),
+            "{accept}"
+        );
+    }
+    assert!(terminate(server).await);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_llmtrace"))
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .env("LLMTRACE_INGEST_MEMORY_LIMIT", "-1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ingest.memory_limit") && stderr.contains("-1 is not a size"),
+        "{stderr}"
+    );
+}
