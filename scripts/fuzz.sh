@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SECONDS_PER_TARGET=${SECONDS_PER_TARGET:-600}
-TARGETS=${TARGETS:-"otlp_json otlp_protobuf price_lookup price_book wal_segment"}
+TARGETS=${TARGETS:-"otlp_json otlp_protobuf price_lookup price_book wal_segment sql_guard"}
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-${TMPDIR:-/tmp}/llmtrace-fuzz-target}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
