@@ -55,22 +55,52 @@ pub(super) fn wal_positions_in(metadata: &FileMetaData) -> Vec<WalPosition> {
 /// Bloom filter false-positive rate for trace_id lookups.
 const TRACE_ID_BLOOM_FPP: f64 = 0.01;
 
-/// Per-column encodings, chosen by measurement on loadgen traffic (BENCHMARKS.md):
-/// timestamps of neighbouring rows are close, so deltas beat a dictionary; span
-/// and response ids are unique, so a dictionary only costs CPU and then falls
-/// back anyway.
+/// Per-column encodings, chosen by measurement on loadgen traffic (BENCHMARKS.md,
+/// issues 3 and 14). Timestamps of neighbouring rows are close, so deltas beat
+/// a dictionary. Ids, response ids and events are (nearly) unique: a
+/// dictionary only costs CPU, and lengths kept apart from the bytes let zstd
+/// code the hex digits at their entropy. Measured durations are unique
+/// floats: split into byte planes, their sign, exponent and high mantissa
+/// bytes compress where a dictionary of them only adds an index per value.
+/// (loadgen replays a small pool of requests, so its durations and attribute
+/// values recur and a dictionary over a compacted file looks better on its
+/// data than it would on real traffic.)
 const COLUMN_ENCODINGS: &[(&str, Encoding)] = &[
     ("start_time", Encoding::DELTA_BINARY_PACKED),
     ("end_time", Encoding::DELTA_BINARY_PACKED),
-    ("span_id", Encoding::PLAIN),
-    ("response_id", Encoding::PLAIN),
+    ("span_id", Encoding::DELTA_LENGTH_BYTE_ARRAY),
+    ("response_id", Encoding::DELTA_LENGTH_BYTE_ARRAY),
+    ("events", Encoding::DELTA_LENGTH_BYTE_ARRAY),
+    ("duration_ms", Encoding::BYTE_STREAM_SPLIT),
+    ("ttft_ms", Encoding::BYTE_STREAM_SPLIT),
+    // One dictionary for the values of every attribute key mixes model names
+    // with response ids and token counts: wide indices for all of them and
+    // the unique values stored in full anyway. Plain bytes in large pages
+    // with a stronger zstd level find the repeats (same key order row after
+    // row within a span-name group) instead.
+    (ATTRIBUTE_VALUES, Encoding::DELTA_LENGTH_BYTE_ARRAY),
 ];
+
+const ATTRIBUTE_VALUES: &str = "attributes.key_value.value";
+
+/// zstd levels above the file's for columns where the extra effort pays:
+/// level 1 is as small as any for the rest, and faster.
+const COLUMN_ZSTD_LEVELS: &[(&str, i32)] = &[
+    (ATTRIBUTE_VALUES, 7),
+    ("start_time", 5),
+    ("end_time", 5),
+    ("duration_ms", 5),
+];
+
+/// Data pages of the attribute values: zstd compresses each page on its own,
+/// so a larger page gives it more rows to find repeats in.
+const ATTRIBUTE_VALUES_PAGE_BYTES: usize = 4 << 20;
 
 /// Columns nobody filters on by range: min/max statistics of every page of
 /// them cost string comparisons for every value and prune nothing.
 const NO_STATISTICS: &[&str] = &[
     "attributes.key_value.key",
-    "attributes.key_value.value",
+    ATTRIBUTE_VALUES,
     "resource_attributes.key_value.key",
     "resource_attributes.key_value.value",
     "events",
@@ -79,9 +109,16 @@ const NO_STATISTICS: &[&str] = &[
     "trace_state",
 ];
 
-/// Room for the dictionaries of attribute values and trace ids of a whole
-/// row group, so they do not fall back to plain encoding half way.
+/// Room for the dictionaries of trace, parent and session ids of a whole row
+/// group, so they do not fall back to plain encoding half way.
 const DICTIONARY_PAGE_BYTES: usize = 4 << 20;
+
+/// The path of a (possibly nested) column, `a.b.c`. `ColumnPath::from` takes
+/// the whole string as one name, which matches no nested column, and the
+/// writer then ignores the setting without a word.
+fn column(dotted: &str) -> ColumnPath {
+    ColumnPath::new(dotted.split('.').map(str::to_owned).collect())
+}
 
 pub struct ParquetWriter {
     data_dir: PathBuf,
@@ -115,18 +152,27 @@ impl ParquetWriter {
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_max_row_group_row_count(Some(self.row_group_rows))
             .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
+            .set_column_data_page_size_limit(column(ATTRIBUTE_VALUES), ATTRIBUTE_VALUES_PAGE_BYTES)
             .set_column_bloom_filter_enabled(trace_id.clone(), true)
             .set_column_bloom_filter_fpp(trace_id.clone(), TRACE_ID_BLOOM_FPP)
             .set_column_bloom_filter_max_ndv(trace_id, rows.min(self.row_group_rows) as u64);
         let builder = COLUMN_ENCODINGS
             .iter()
-            .fold(builder, |b, (column, encoding)| {
-                let path = ColumnPath::from(*column);
-                b.set_column_dictionary_enabled(path.clone(), false)
-                    .set_column_encoding(path, *encoding)
+            .fold(builder, |b, (name, encoding)| {
+                b.set_column_dictionary_enabled(column(name), false)
+                    .set_column_encoding(column(name), *encoding)
             });
-        let builder = NO_STATISTICS.iter().fold(builder, |b, column| {
-            b.set_column_statistics_enabled(ColumnPath::from(*column), EnabledStatistics::None)
+        let builder = COLUMN_ZSTD_LEVELS
+            .iter()
+            .try_fold(builder, |b, (name, level)| {
+                // Never below the configured level.
+                let level = ZstdLevel::try_new((*level).max(self.zstd_level))?;
+                Ok::<_, StoreError>(
+                    b.set_column_compression(column(name), Compression::ZSTD(level)),
+                )
+            })?;
+        let builder = NO_STATISTICS.iter().fold(builder, |b, name| {
+            b.set_column_statistics_enabled(column(name), EnabledStatistics::None)
         });
         Ok(builder.build())
     }
@@ -237,5 +283,62 @@ pub(super) fn write_atomically(
 pub(super) fn sync_dir(dir: &Path) {
     if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
         tracing::warn!(%error, dir = %dir.display(), "fsync of a partition directory failed; its latest changes may not survive a power loss");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{SpanBatchBuilder, SpanRecord};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    #[test]
+    fn column_settings_reach_nested_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spans.parquet");
+        let mut builder = SpanBatchBuilder::new();
+        for n in 0..100u8 {
+            builder.append(&SpanRecord::sample("GET /", n));
+        }
+        let batch = builder.finish().unwrap();
+        ParquetWriter::new(dir.path(), 1024, 1)
+            .write(&path, std::slice::from_ref(&batch), &[])
+            .unwrap();
+
+        let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let group = reader.metadata().row_group(0);
+        let chunk = |name: &str| {
+            let want = column(name);
+            group
+                .columns()
+                .iter()
+                .find(|c| c.column_path() == &want)
+                .unwrap_or_else(|| panic!("no column {name}"))
+        };
+        let values = chunk(ATTRIBUTE_VALUES);
+        assert!(values
+            .encodings()
+            .any(|e| e == Encoding::DELTA_LENGTH_BYTE_ARRAY));
+        assert!(!values.encodings().any(|e| e == Encoding::RLE_DICTIONARY));
+        assert!(values.statistics().is_none());
+        // (The footer names the codec, not its level.)
+        assert!(matches!(values.compression(), Compression::ZSTD(_)));
+        assert!(chunk("duration_ms")
+            .encodings()
+            .any(|e| e == Encoding::BYTE_STREAM_SPLIT));
+        assert!(chunk("attributes.key_value.key").statistics().is_none());
+
+        // Every value reads back as written.
+        let read: Vec<RecordBatch> =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                File::open(&path).unwrap(),
+            )
+            .unwrap()
+            .build()
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].columns(), batch.columns());
     }
 }
