@@ -18,8 +18,9 @@
 //!
 //! The one kept: within a request, the deepest span (closest to the network
 //! call), then the one with more token counts, then the earliest start, then
-//! the lowest (trace id, span id). Across requests, the first acknowledged:
-//! what is already counted is never taken back.
+//! the lowest (trace id, span id). Across requests, the first counted (the
+//! first acknowledged, unless it waited for its trace's ancestors): what is
+//! already counted is never taken back.
 //!
 //! Memory is bounded: the last [`REMEMBERED`] calls, for [`WINDOW`] at most.
 

@@ -502,6 +502,11 @@ impl Pipeline {
                         _ticket: ticket.take(),
                     }
                 });
+        // Requests this one completed were acknowledged before it: they go
+        // first, so the first acknowledged span of a call is the one kept.
+        for waiting in completed {
+            self.release(waiting);
+        }
         if let assemble::Arrival::Ready(mut records) = arrival {
             self.response_ids.dedup(tenant, &mut records);
             if !records.is_empty() {
@@ -510,9 +515,6 @@ impl Pipeline {
             }
         }
         drop(ticket);
-        for waiting in completed {
-            self.release(waiting);
-        }
         self.metrics
             .request(accepted, llm_calls, normalised.rejected);
         if normalised.rejected > 0 {
