@@ -248,6 +248,7 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
+    llmtrace::disable_transparent_huge_pages();
     llmtrace::install_crypto_provider();
     let cli = Cli::parse();
     // The demo prints its own story; the server's info logs would drown it.
