@@ -329,6 +329,20 @@ impl Default for IngestConfig {
     }
 }
 
+impl IngestConfig {
+    /// The limits every accepted request is normalised and admitted under.
+    pub fn limits(&self) -> crate::ingest::Limits {
+        crate::ingest::Limits {
+            max_attribute_value_bytes: self.max_attribute_value_bytes.as_usize(),
+            max_future_skew: self.max_future_skew.0,
+            max_buffer_bytes: self.max_buffer_bytes.as_usize(),
+            max_in_flight_bytes: self.max_in_flight_bytes.as_usize(),
+            memory_limit: self.memory_limit.as_usize(),
+            retry_after: self.retry_after.0,
+        }
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {

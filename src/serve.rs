@@ -1,6 +1,9 @@
-//! The `serve` daemon: binds the listeners, runs receivers, API and flusher, and
-//! shuts down in the order that loses nothing: stop accepting, drain in-flight
-//! requests, flush every acknowledged span to Parquet.
+//! The `serve` daemon: wires the components together (receivers, the ingest
+//! pipeline and its [`Ledger`], [`replay`], the [`RollupSink`], the alert
+//! engine fed by [`alert_sources`], the API), runs the background jobs through
+//! `periodic`, and shuts down in the order that loses nothing: stop
+//! accepting, drain in-flight requests, write the last rollups, flush every
+//! acknowledged span to Parquet, and only then truncate the log.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,20 +13,27 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::aggregate::mark::{self, RollupMark};
-use crate::aggregate::{rollup, Aggregator, Closed, Rollup};
+pub mod alert_sources;
+mod periodic;
+
+use crate::aggregate::mark::RollupMark;
+use crate::aggregate::Aggregator;
 use crate::alert::notify::{Deliverer, DelivererOptions, Origin};
-use crate::alert::sources::LiveSource;
 use crate::alert::{AlertEngine, SystemClock};
 use crate::api::{self, Readiness};
 use crate::config::Config;
 use crate::ingest::{self, grpc::TraceService, listen, Pipeline};
-use crate::metrics::{Metrics, WriteFailure, WriteTarget};
+use crate::ledger::Ledger;
+use crate::metrics::{Metrics, WriteTarget};
 use crate::pricing::PriceBook;
 use crate::query::QueryEngine;
+use crate::replay::{replay, ReplayError};
+use crate::rollup_sink::{now_nanos, RollupSink};
 use crate::store::lock::DataDirLock;
 use crate::store::{RollupWriter, Store, StoreError};
-use crate::wal::{Log, WalPosition};
+use crate::wal::Log;
+use alert_sources::LiveSource;
+use periodic::{Pass, Periodic, Schedule};
 
 /// HTTP/2 flow-control windows of the gRPC receiver.
 const GRPC_STREAM_WINDOW: u32 = 4 << 20;
@@ -67,6 +77,15 @@ pub enum ServeError {
     Replay(#[from] crate::ingest::IngestError),
 }
 
+impl From<ReplayError> for ServeError {
+    fn from(error: ReplayError) -> Self {
+        match error {
+            ReplayError::Aggregate(e) => e.into(),
+            ReplayError::Ingest(e) => e.into(),
+        }
+    }
+}
+
 /// How often expired partitions are looked for.
 const RETENTION_TICK: Duration = Duration::from_secs(300);
 
@@ -84,234 +103,6 @@ const WAL_PROBE_TICK: Duration = Duration::from_secs(1);
 /// How often calls whose wait for their ancestors is over are released.
 const ASSEMBLY_TICK: Duration = Duration::from_secs(1);
 
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-/// Writes rollup rows, keeping those whose write failed for the next call,
-/// and then the log's rollup mark.
-struct RollupSink {
-    writer: RollupWriter,
-    pending: Vec<Arc<Rollup>>,
-    metrics: Arc<Metrics>,
-    log: Option<(Arc<Log>, Arc<Pipeline>)>,
-    /// The last mark written.
-    mark: Option<RollupMark>,
-    /// Rollup files written since that mark: every intent names them all,
-    /// so a mark that failed to write leaves none unaccounted for.
-    uncommitted: Vec<std::path::PathBuf>,
-}
-
-impl RollupSink {
-    /// Closes the due minutes and writes them.
-    fn tick(&mut self, aggregator: &Aggregator, now: i64) {
-        let before = self.log.as_ref().and_then(|(_, p)| p.aggregated_before());
-        self.write(aggregator.close_due(now, before), before);
-    }
-
-    /// Writes `closed` rows, then the mark that says the logged requests
-    /// before `aggregated_before` (read before the rows were closed) are
-    /// counted, in those rows or in the cells left open; see [`RollupMark`].
-    fn write(&mut self, closed: Closed, aggregated_before: Option<WalPosition>) {
-        self.pending.extend(closed.rows);
-        let mark = aggregated_before.map(|before| RollupMark {
-            sequence: self.mark.as_ref().map_or(1, |m| m.sequence + 1),
-            aggregated_before: before,
-            aggregated_since: closed.aggregated_since,
-            closed_until: closed.closed_until.unwrap_or(i64::MIN),
-            open: closed.open,
-        });
-        let log = match (&self.log, mark) {
-            (Some((log, _)), Some(mark)) => Some((log.clone(), mark)),
-            _ => None,
-        };
-        let rows = !self.pending.is_empty();
-        if rows && !self.write_rows(log.as_ref()) {
-            // The rows stay in memory for the next tick; the mark stays
-            // where it was, and the log keeps their spans.
-            return;
-        }
-        let (Some((log, mark)), Some((_, pipeline))) = (log, &self.log) else {
-            return;
-        };
-        let unchanged = self.mark.as_ref().is_some_and(|last| {
-            RollupMark {
-                sequence: mark.sequence,
-                ..last.clone()
-            } == mark
-        });
-        // Rows written under an intent need their mark to commit them.
-        if unchanged && !rows {
-            return;
-        }
-        match mark.write(log.dir()) {
-            Ok(()) => {
-                pipeline.set_rollup_floor(Some(mark.aggregated_before));
-                self.mark = Some(mark);
-                self.uncommitted.clear();
-                self.metrics.write_succeeded(WriteTarget::Rollups);
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot write the rollup mark; the log keeps more records until it can");
-                self.metrics
-                    .write_failed(WriteTarget::Rollups, &WriteFailure::of(&error));
-            }
-        }
-    }
-
-    /// Writes every pending row, one file per tenant and day, all or none:
-    /// with a log, the files are named in an intent first (`log`'s mark
-    /// commits them). True when all were written.
-    fn write_rows(&mut self, log: Option<&(Arc<Log>, RollupMark)>) -> bool {
-        let parts = match rollup::to_batches(&self.pending) {
-            Ok(parts) => parts,
-            Err(error) => {
-                tracing::error!(%error, "rollup rows could not be encoded");
-                self.metrics.rollups_written(0, true);
-                self.metrics
-                    .write_failed(WriteTarget::Rollups, &WriteFailure::of(&error));
-                return false;
-            }
-        };
-        let files: Vec<std::path::PathBuf> = parts
-            .iter()
-            .map(|(tenant, date, _)| self.writer.path_for(tenant, *date))
-            .map(|p| std::path::absolute(&p).unwrap_or(p))
-            .collect();
-        if let Some((log, mark)) = log {
-            let named: Vec<_> = self.uncommitted.iter().chain(&files).cloned().collect();
-            if let Err(error) = mark.intend(log.dir(), &named) {
-                tracing::error!(%error, "cannot record the rollup files about to be written; retrying at the next tick");
-                self.metrics.rollups_written(0, true);
-                self.metrics
-                    .write_failed(WriteTarget::Rollups, &WriteFailure::of(&error));
-                return false;
-            }
-        }
-        for (i, ((_, _, batch), path)) in parts.iter().zip(&files).enumerate() {
-            match self.writer.write(path, batch) {
-                Ok(()) => {
-                    tracing::debug!(path = %path.display(), rows = batch.num_rows(), "wrote rollups");
-                }
-                Err(error) => {
-                    tracing::error!(%error, "rollup write failed; retrying at the next tick");
-                    self.metrics.rollups_written(0, true);
-                    self.metrics
-                        .write_failed(WriteTarget::Rollups, &WriteFailure::of(&error));
-                    // All or none: the written files go, or their rows would
-                    // be written again with the rest.
-                    let mut undone = true;
-                    for written in &files[..i] {
-                        if let Err(error) = std::fs::remove_file(written) {
-                            tracing::error!(%error, path = %written.display(), "cannot remove rollup rows of a failed write; they will be counted twice");
-                            undone = false;
-                        }
-                    }
-                    if let (Some((log, _)), true, true) = (log, undone, self.uncommitted.is_empty())
-                    {
-                        if let Err(error) = mark::remove_intent(log.dir()) {
-                            tracing::warn!(%error, "cannot remove the rollup intent file");
-                        }
-                    }
-                    return false;
-                }
-            }
-        }
-        self.metrics.rollups_written(self.pending.len(), false);
-        if log.is_none() {
-            // With a log, the mark written next commits these rows.
-            self.metrics.write_succeeded(WriteTarget::Rollups);
-        }
-        self.pending.clear();
-        if log.is_some() {
-            self.uncommitted.extend(files);
-        }
-        true
-    }
-}
-
-/// Forgets the log records whose spans are all in Parquet.
-fn truncate_log(log: &Log, pipeline: &Pipeline) {
-    if let Err(error) = log.truncate_before(pipeline.log_floor()) {
-        tracing::warn!(%error, "could not truncate the write-ahead log; it is replayed from further back at the next start");
-    }
-}
-
-/// Buffers again what the log holds and Parquet does not: the spans of each
-/// record, minus those of partitions whose files say they hold the record.
-/// Aggregates again what the rollup files do not count, per the log's mark.
-fn replay(
-    pipeline: &Pipeline,
-    aggregator: &Aggregator,
-    data_dir: &std::path::Path,
-    mark: Option<&RollupMark>,
-    replayed: Vec<crate::wal::Replayed>,
-) -> Result<(), ServeError> {
-    use std::collections::{HashMap, HashSet};
-    if let Some(mark) = mark {
-        aggregator.restore(mark)?;
-    }
-    // The records replayed stay in the log until rollups count them.
-    pipeline.set_rollup_floor(match mark {
-        Some(mark) => Some(mark.aggregated_before),
-        None => replayed.first().map(|r| r.position),
-    });
-    if replayed.is_empty() {
-        return Ok(());
-    }
-    let started = std::time::Instant::now();
-    let records = replayed.len();
-    let mut files: HashMap<crate::store::PartitionKey, HashSet<crate::wal::WalPosition>> =
-        HashMap::new();
-    let mut persisted = |key: &crate::store::PartitionKey, pos: crate::wal::WalPosition| {
-        files
-            .entry(key.clone())
-            .or_insert_with(|| {
-                let mut held = HashSet::new();
-                let files = crate::store::partition_files(data_dir, key).unwrap_or_else(|error| {
-                    tracing::warn!(%error, partition = ?key, "cannot list a partition's span files");
-                    Vec::new()
-                });
-                for file in files {
-                    match crate::store::wal_positions(&file.path) {
-                        Ok(positions) => held.extend(positions),
-                        // A damaged file goes to quarantine and its records,
-                        // if the log still has them, are buffered again: they
-                        // are stored once, in a new file.
-                        Err(error) => {
-                            let outcome = crate::quarantine::set_aside_if_damaged(
-                                data_dir,
-                                &file.path,
-                                crate::quarantine::Kind::Spans,
-                                &error,
-                            );
-                            if !outcome.damaged() {
-                                tracing::warn!(%error, path = %file.path.display(), ?outcome, "cannot read a span file's log positions");
-                            }
-                        }
-                    }
-                }
-                held
-            })
-            .contains(&pos)
-    };
-    pipeline.observe_for_replay(&replayed);
-    let mut spans = 0;
-    for entry in replayed {
-        spans += pipeline.replay(entry, &mut persisted, mark)?;
-    }
-    tracing::info!(
-        records,
-        spans,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "replayed the write-ahead log"
-    );
-    Ok(())
-}
-
 /// Addresses actually bound (port 0 resolved).
 #[derive(Clone, Copy, Debug)]
 pub struct BoundAddrs {
@@ -328,15 +119,14 @@ pub struct RunningServer {
     readiness: Readiness,
     grace: Duration,
     receivers: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
-    flusher: JoinHandle<()>,
-    retention: JoinHandle<()>,
-    compactor: JoinHandle<()>,
-    aggregator: Arc<Aggregator>,
-    roller: JoinHandle<RollupSink>,
-    log: Option<(Arc<Log>, Arc<Pipeline>)>,
+    flusher: Periodic<()>,
+    retention: Periodic<()>,
+    compactor: Periodic<()>,
+    roller: Periodic<RollupSink>,
+    ledger: Arc<Ledger>,
     alerts: JoinHandle<()>,
-    prober: JoinHandle<()>,
-    assembler: JoinHandle<()>,
+    prober: Periodic<()>,
+    assembler: Periodic<()>,
     pipeline: Arc<Pipeline>,
     /// Declared last so it is dropped last: after the log and everything else
     /// that writes the data dir.
@@ -383,14 +173,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         storage.row_group_rows,
         storage.zstd_level,
     ));
-    let limits = ingest::Limits {
-        max_attribute_value_bytes: config.ingest.max_attribute_value_bytes.as_usize(),
-        max_future_skew: config.ingest.max_future_skew.0,
-        max_buffer_bytes: config.ingest.max_buffer_bytes.as_usize(),
-        max_in_flight_bytes: config.ingest.max_in_flight_bytes.as_usize(),
-        memory_limit: config.ingest.memory_limit.as_usize(),
-        retry_after: config.ingest.retry_after.0,
-    };
+    let limits = config.ingest.limits();
     let prices = Arc::new(PriceBook::load(config.pricing.file())?);
     tracing::info!(
         version = %prices.version,
@@ -434,6 +217,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         )
         .with_trace_wait(config.ingest.trace_wait.0),
     );
+    let ledger = pipeline.ledger().clone();
     // Also removes rollup rows a crash left written without their mark.
     let mark = log.as_ref().and_then(|l| RollupMark::recover(l.dir()));
     replay(
@@ -443,14 +227,12 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         mark.as_ref(),
         replayed,
     )?;
-    let mut sink = RollupSink {
-        writer: RollupWriter::new(&config.data_dir),
-        pending: Vec::new(),
-        metrics: metrics.clone(),
-        log: log.clone().map(|l| (l, pipeline.clone())),
+    let mut sink = RollupSink::new(
+        RollupWriter::new(&config.data_dir),
+        metrics.clone(),
+        &ledger,
         mark,
-        uncommitted: Vec::new(),
-    };
+    );
     // Before the first request is acknowledged, the log has a mark: without
     // one, a crash could not tell which logged spans the rollups count.
     sink.tick(&aggregator, now_nanos());
@@ -555,174 +337,19 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         },
         stop_rx.clone(),
     );
-    let flusher = {
-        let store = store.clone();
-        let metrics = metrics.clone();
-        let (log, pipeline) = (log.clone(), pipeline.clone());
-        let interval = storage.flush_interval.0;
-        let mut stop_rx = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = store.buffer().wait_full() => {}
-                    _ = stop_rx.wait_for(|stop| *stop) => break,
-                }
-                let started = std::time::Instant::now();
-                let flushed = store.flush().await;
-                if let Some(log) = &log {
-                    // Rotation and the directory fsync are blocking file work.
-                    let (log, pipeline) = (log.clone(), pipeline.clone());
-                    let _ =
-                        tokio::task::spawn_blocking(move || truncate_log(&log, &pipeline)).await;
-                }
-                match flushed {
-                    Ok(stats) => {
-                        if stats.rows + stats.failed_rows > 0 {
-                            metrics.flushed(started.elapsed(), stats.rows, stats.failed_rows > 0);
-                        }
-                        // Failed rows went back to the buffer, so a flush
-                        // without failures has written them too.
-                        match &stats.failure {
-                            Some(failure) => metrics.write_failed(WriteTarget::Spans, failure),
-                            None => metrics.write_succeeded(WriteTarget::Spans),
-                        }
-                    }
-                    Err(error) => {
-                        metrics.flushed(started.elapsed(), 0, true);
-                        tracing::error!(%error, "flush failed");
-                    }
-                }
-            }
-        })
+    let jobs = Jobs {
+        config,
+        stop: &stop_rx,
+        store: &store,
+        metrics: &metrics,
+        ledger: &ledger,
     };
-    // Calls whose trace's ancestors did not come in time are buffered and
-    // aggregated with what did come.
-    let assembler = {
-        let pipeline = pipeline.clone();
-        let mut stop_rx = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(ASSEMBLY_TICK) => {}
-                    _ = stop_rx.wait_for(|stop| *stop) => break,
-                }
-                pipeline.release_waiting(false);
-            }
-        })
-    };
-    let prober = {
-        let (log, metrics) = (log.clone(), metrics.clone());
-        let mut stop_rx = stop_rx.clone();
-        tokio::spawn(async move {
-            let Some(log) = log else { return };
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(WAL_PROBE_TICK) => {}
-                    _ = stop_rx.wait_for(|stop| *stop) => break,
-                }
-                if !metrics.is_failing(WriteTarget::Wal) {
-                    continue;
-                }
-                let log = log.clone();
-                match tokio::task::spawn_blocking(move || log.probe()).await {
-                    // The next append says for sure; until then, clients
-                    // and load balancers may try again.
-                    Ok(Ok(())) => metrics.write_succeeded(WriteTarget::Wal),
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, "the write-ahead log still cannot write")
-                    }
-                    Err(error) => tracing::error!(%error, "write-ahead log probe task failed"),
-                }
-            }
-        })
-    };
-    let retention = {
-        let (data_dir, metrics) = (config.data_dir.clone(), metrics.clone());
-        let (spans_for, rollups_for) = (storage.retention.0, storage.rollup_retention.0);
-        let mut stop_rx = stop_rx.clone();
-        tokio::spawn(async move {
-            if spans_for.is_zero() && rollups_for.is_zero() {
-                return;
-            }
-            loop {
-                let dir = data_dir.clone();
-                let pass = tokio::task::spawn_blocking(move || {
-                    crate::store::retention::enforce(
-                        &dir,
-                        chrono::Utc::now(),
-                        spans_for,
-                        rollups_for,
-                    )
-                })
-                .await;
-                match pass {
-                    Ok(Ok(removed)) => metrics.expired(removed.span_files + removed.rollup_files),
-                    Ok(Err(error)) => tracing::error!(%error, "retention pass failed"),
-                    Err(error) => tracing::error!(%error, "retention task failed"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(RETENTION_TICK) => {}
-                    _ = stop_rx.wait_for(|stop| *stop) => break,
-                }
-            }
-        })
-    };
-    let compactor = {
-        let (store, metrics) = (store.clone(), metrics.clone());
-        let policy = crate::store::compaction::Policy {
-            after: storage.compact_after.0,
-            min_files: storage.compact_min_files,
-        };
-        let rollup_writer = Arc::new(RollupWriter::new(&config.data_dir));
-        let mut stop_rx = stop_rx.clone();
-        tokio::spawn(async move {
-            if policy.min_files == 0 {
-                return;
-            }
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(COMPACTION_TICK) => {}
-                    _ = stop_rx.wait_for(|stop| *stop) => break,
-                }
-                match store.compact(std::time::SystemTime::now(), &policy).await {
-                    Ok(done) => metrics.compacted(done.files),
-                    Err(error) => tracing::error!(%error, "compaction pass failed"),
-                }
-                let (writer, policy) = (rollup_writer.clone(), policy.clone());
-                let rollups = tokio::task::spawn_blocking(move || {
-                    let now = std::time::SystemTime::now();
-                    crate::store::compaction::compact_rollups(&writer, now, &policy)
-                })
-                .await;
-                match rollups {
-                    Ok(Ok(done)) => metrics.compacted(done.files),
-                    Ok(Err(error)) => tracing::error!(%error, "rollup compaction pass failed"),
-                    Err(error) => tracing::error!(%error, "rollup compaction task failed"),
-                }
-            }
-        })
-    };
-    let roller = {
-        let aggregator = aggregator.clone();
-        let mut stop_rx = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(ROLLUP_TICK) => {}
-                    _ = stop_rx.wait_for(|stop| *stop) => break,
-                }
-                let aggregator = aggregator.clone();
-                sink = tokio::task::spawn_blocking(move || {
-                    sink.tick(&aggregator, now_nanos());
-                    sink
-                })
-                .await
-                .expect("rollup writing does not panic");
-            }
-            sink
-        })
-    };
+    let flusher = jobs.flusher();
+    let assembler = jobs.assembler(&pipeline);
+    let prober = jobs.prober();
+    let retention = jobs.retention();
+    let compactor = jobs.compactor();
+    let roller = jobs.roller(&aggregator, sink);
 
     if keys.is_open() {
         let exposed: Vec<String> = [addrs.grpc, addrs.http, addrs.api]
@@ -756,15 +383,237 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         retention,
         compactor,
         flusher,
-        aggregator,
         roller,
         alerts,
         prober,
         _lock: lock,
         assembler,
-        pipeline: pipeline.clone(),
-        log: log.map(|l| (l, pipeline)),
+        pipeline,
+        ledger,
     })
+}
+
+/// What the background jobs are built from.
+struct Jobs<'a> {
+    config: &'a Config,
+    stop: &'a watch::Receiver<bool>,
+    store: &'a Arc<Store>,
+    metrics: &'a Arc<Metrics>,
+    ledger: &'a Arc<Ledger>,
+}
+
+impl Jobs<'_> {
+    /// Writes the buffer to Parquet on the flush interval or once it is
+    /// full, then truncates the log below what every consumer has made
+    /// durable. The last flush is [`RunningServer::shutdown`]'s, after the
+    /// last rollups.
+    fn flusher(&self) -> Periodic<()> {
+        let (store, metrics, ledger) = (
+            self.store.clone(),
+            self.metrics.clone(),
+            self.ledger.clone(),
+        );
+        let full = store.clone();
+        let schedule = Schedule::every(self.config.storage.flush_interval.0).or_when(move || {
+            let full = full.clone();
+            async move { full.buffer().wait_full().await }
+        });
+        periodic::spawn("flush", schedule, self.stop.clone(), (), move |(), pass| {
+            let (store, metrics, ledger) = (store.clone(), metrics.clone(), ledger.clone());
+            async move {
+                if pass == Pass::Last {
+                    return;
+                }
+                let started = std::time::Instant::now();
+                let flushed = store.flush().await;
+                if ledger.log().is_some() {
+                    // Rotation and the directory fsync are blocking file work.
+                    let _ = tokio::task::spawn_blocking(move || ledger.truncate()).await;
+                }
+                match flushed {
+                    Ok(stats) => {
+                        if stats.rows + stats.failed_rows > 0 {
+                            metrics.flushed(started.elapsed(), stats.rows, stats.failed_rows > 0);
+                        }
+                        // Failed rows went back to the buffer, so a flush
+                        // without failures has written them too.
+                        match &stats.failure {
+                            Some(failure) => metrics.write_failed(WriteTarget::Spans, failure),
+                            None => metrics.write_succeeded(WriteTarget::Spans),
+                        }
+                    }
+                    Err(error) => {
+                        metrics.flushed(started.elapsed(), 0, true);
+                        tracing::error!(%error, "flush failed");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Calls whose trace's ancestors did not come in time are buffered and
+    /// aggregated with what did come.
+    fn assembler(&self, pipeline: &Arc<Pipeline>) -> Periodic<()> {
+        let pipeline = pipeline.clone();
+        let schedule = Schedule::every(ASSEMBLY_TICK);
+        periodic::spawn(
+            "assembly",
+            schedule,
+            self.stop.clone(),
+            (),
+            move |(), pass| {
+                // The last release is shutdown's own step.
+                if pass == Pass::Tick {
+                    pipeline.release_waiting(false);
+                }
+                std::future::ready(())
+            },
+        )
+    }
+
+    /// Probes a failing log for space (see [`WAL_PROBE_TICK`]).
+    fn prober(&self) -> Periodic<()> {
+        let Some(log) = self.ledger.log().cloned() else {
+            return Periodic::off("wal probe");
+        };
+        let metrics = self.metrics.clone();
+        let schedule = Schedule::every(WAL_PROBE_TICK);
+        periodic::spawn(
+            "wal probe",
+            schedule,
+            self.stop.clone(),
+            (),
+            move |(), pass| {
+                let (log, metrics) = (log.clone(), metrics.clone());
+                async move {
+                    if pass == Pass::Last || !metrics.is_failing(WriteTarget::Wal) {
+                        return;
+                    }
+                    match tokio::task::spawn_blocking(move || log.probe()).await {
+                        // The next append says for sure; until then, clients
+                        // and load balancers may try again.
+                        Ok(Ok(())) => metrics.write_succeeded(WriteTarget::Wal),
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, "the write-ahead log still cannot write")
+                        }
+                        Err(error) => tracing::error!(%error, "write-ahead log probe task failed"),
+                    }
+                }
+            },
+        )
+    }
+
+    /// Removes expired partitions, at the start and then every
+    /// [`RETENTION_TICK`].
+    fn retention(&self) -> Periodic<()> {
+        let storage = &self.config.storage;
+        let (spans_for, rollups_for) = (storage.retention.0, storage.rollup_retention.0);
+        if spans_for.is_zero() && rollups_for.is_zero() {
+            return Periodic::off("retention");
+        }
+        let (data_dir, metrics) = (self.config.data_dir.clone(), self.metrics.clone());
+        let schedule = Schedule::every(RETENTION_TICK).starting_now();
+        periodic::spawn(
+            "retention",
+            schedule,
+            self.stop.clone(),
+            (),
+            move |(), pass| {
+                let (dir, metrics) = (data_dir.clone(), metrics.clone());
+                async move {
+                    if pass == Pass::Last {
+                        return;
+                    }
+                    let pass = tokio::task::spawn_blocking(move || {
+                        crate::store::retention::enforce(
+                            &dir,
+                            chrono::Utc::now(),
+                            spans_for,
+                            rollups_for,
+                        )
+                    })
+                    .await;
+                    match pass {
+                        Ok(Ok(removed)) => {
+                            metrics.expired(removed.span_files + removed.rollup_files)
+                        }
+                        Ok(Err(error)) => tracing::error!(%error, "retention pass failed"),
+                        Err(error) => tracing::error!(%error, "retention task failed"),
+                    }
+                }
+            },
+        )
+    }
+
+    /// Compacts span and rollup partitions that are due.
+    fn compactor(&self) -> Periodic<()> {
+        let storage = &self.config.storage;
+        let policy = crate::store::compaction::Policy {
+            after: storage.compact_after.0,
+            min_files: storage.compact_min_files,
+        };
+        if policy.min_files == 0 {
+            return Periodic::off("compaction");
+        }
+        let (store, metrics) = (self.store.clone(), self.metrics.clone());
+        let rollup_writer = Arc::new(RollupWriter::new(&self.config.data_dir));
+        let schedule = Schedule::every(COMPACTION_TICK);
+        periodic::spawn(
+            "compaction",
+            schedule,
+            self.stop.clone(),
+            (),
+            move |(), pass| {
+                let (store, metrics) = (store.clone(), metrics.clone());
+                let (writer, policy) = (rollup_writer.clone(), policy.clone());
+                async move {
+                    if pass == Pass::Last {
+                        return;
+                    }
+                    match store.compact(std::time::SystemTime::now(), &policy).await {
+                        Ok(done) => metrics.compacted(done.files),
+                        Err(error) => tracing::error!(%error, "compaction pass failed"),
+                    }
+                    let rollups = tokio::task::spawn_blocking(move || {
+                        let now = std::time::SystemTime::now();
+                        crate::store::compaction::compact_rollups(&writer, now, &policy)
+                    })
+                    .await;
+                    match rollups {
+                        Ok(Ok(done)) => metrics.compacted(done.files),
+                        Ok(Err(error)) => tracing::error!(%error, "rollup compaction pass failed"),
+                        Err(error) => tracing::error!(%error, "rollup compaction task failed"),
+                    }
+                }
+            },
+        )
+    }
+
+    /// Writes closed minutes to rollups/; at shutdown, every open minute.
+    fn roller(&self, aggregator: &Arc<Aggregator>, sink: RollupSink) -> Periodic<RollupSink> {
+        let aggregator = aggregator.clone();
+        let schedule = Schedule::every(ROLLUP_TICK);
+        periodic::spawn(
+            "rollups",
+            schedule,
+            self.stop.clone(),
+            sink,
+            move |mut sink, pass| {
+                let aggregator = aggregator.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        match pass {
+                            Pass::Tick => sink.tick(&aggregator, now_nanos()),
+                            Pass::Last => sink.finish(&aggregator, now_nanos()),
+                        }
+                        sink
+                    })
+                    .await
+                    .expect("rollup writing does not panic")
+                }
+            },
+        )
+    }
 }
 
 impl RunningServer {
@@ -797,31 +646,21 @@ impl RunningServer {
         }
         // Requests no longer come: calls still waiting for their ancestors
         // go in with what arrived, before the last rollups and flush.
-        let _ = self.assembler.await;
+        // (Done here, not as the job's last pass: it must run even if the
+        // job's task failed.)
+        self.assembler.finish().await;
         self.pipeline.release_waiting(true);
-        let _ = self.flusher.await;
-        let _ = self.prober.await;
-        let _ = self.retention.await;
-        let _ = self.compactor.await;
+        self.flusher.finish().await;
+        self.prober.finish().await;
+        self.retention.finish().await;
+        self.compactor.finish().await;
         // The last evaluation round finishes and its notifications go out.
         if let Err(error) = self.alerts.await {
             tracing::error!(%error, "alert engine failed");
         }
         // Every open minute is written, finished or not: a later run adds
         // its own rows for the same minute, and queries sum them.
-        match self.roller.await {
-            Ok(mut sink) => {
-                let before = self.log.as_ref().and_then(|(_, p)| p.aggregated_before());
-                sink.write(self.aggregator.close_all(now_nanos(), before), before);
-                if !sink.pending.is_empty() {
-                    tracing::error!(
-                        rows = sink.pending.len(),
-                        "rollup rows could not be written at shutdown"
-                    );
-                }
-            }
-            Err(error) => tracing::error!(%error, "rollup task failed"),
-        }
+        self.roller.finish().await;
         for attempt in 1..=FINAL_FLUSH_ATTEMPTS {
             let stats = self.store.flush().await?;
             if stats.failed_rows == 0 {
@@ -832,86 +671,12 @@ impl RunningServer {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        if let Some((log, pipeline)) = &self.log {
-            // Everything acknowledged is in Parquet now: the log can go.
-            truncate_log(log, pipeline);
-        }
+        // Everything acknowledged is in Parquet now: the log can go.
+        self.ledger.truncate();
         tracing::info!("shutdown complete");
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::record::SpanRecord;
-
-    /// An LLM call starting at `start` (unix ns).
-    fn call(start: i64) -> SpanRecord {
-        let mut r = SpanRecord::sample("chat", 1);
-        r.start_unix_nano = start;
-        r.end_unix_nano = start + 250_000_000;
-        r.facts.llm = Some(crate::genai::LlmFacts {
-            provider: Some("openai".into()),
-            request_model: Some("gpt-4o".into()),
-            operation: Some("chat".into()),
-            ..Default::default()
-        });
-        r
-    }
-
-    fn rollup_files(dir: &std::path::Path) -> usize {
-        crate::store::list_rollup_files(dir).unwrap().len()
-    }
-
-    /// A rollup write the disk refuses: the rows stay for the next tick, the
-    /// failure is counted and named for `/readyz`, and once the disk takes
-    /// writes again they are written, once, and the failure is cleared.
-    #[test]
-    fn rollup_rows_that_cannot_be_written_are_kept_and_written_once_the_disk_takes_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let aggregator = Aggregator::new(crate::aggregate::AggregateConfig::default()).unwrap();
-        let now = now_nanos();
-        let tenant: Arc<str> = Arc::from("default");
-        aggregator.record(&tenant, &[call(now - 3_600_000_000_000)], now, None);
-        // A file where rollups/ should be: every write of the sink fails.
-        let rollups = dir.path().join("rollups");
-        std::fs::write(&rollups, b"in the way").unwrap();
-        let mut sink = RollupSink {
-            writer: RollupWriter::new(dir.path()),
-            pending: Vec::new(),
-            metrics: metrics.clone(),
-            log: None,
-            mark: None,
-            uncommitted: Vec::new(),
-        };
-        sink.write(aggregator.close_all(now, None), None);
-        assert_eq!(sink.pending.len(), 1, "the row is kept");
-        assert!(metrics.is_failing(WriteTarget::Rollups));
-        let failing = metrics.failing_writes();
-        assert_eq!(failing.len(), 1);
-        assert_eq!(failing[0].0, WriteTarget::Rollups);
-        let mut text = String::new();
-        metrics.render(crate::metrics::Gauges::default(), &mut text);
-        assert!(
-            text.contains(
-                "llmtrace_storage_write_failures_total{target=\"rollups\",error=\"io\"} 1"
-            ),
-            "{text}"
-        );
-
-        std::fs::remove_file(&rollups).unwrap();
-        std::fs::create_dir(&rollups).unwrap();
-        sink.write(aggregator.close_all(now, None), None);
-        assert!(sink.pending.is_empty());
-        assert!(!metrics.is_failing(WriteTarget::Rollups));
-        assert!(metrics.failing_writes().is_empty());
-        assert_eq!(rollup_files(dir.path()), 1);
-        sink.write(aggregator.close_all(now, None), None);
-        assert_eq!(rollup_files(dir.path()), 1, "written once");
     }
 }

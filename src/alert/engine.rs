@@ -15,14 +15,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{json, Value};
-use tokio::sync::{oneshot, watch, Semaphore};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
 use super::notify::{self, Deliverer, DeliveryMetrics, Destination, Notification, Status};
@@ -31,92 +29,15 @@ use super::source::{Sample, Source, SourceError};
 use super::state::{AlertState, Instance, StateStore, Timing, Transition};
 use super::template;
 
-/// Deliveries sending at the same time; more wait for a slot (a storm of alerts must not open
-/// hundreds of connections to Slack).
-pub const MAX_CONCURRENT_DELIVERIES: usize = 16;
+pub use super::clock::{Clock, ManualClock, SystemClock};
+use super::dispatch::Dispatcher;
+pub use super::dispatch::MAX_CONCURRENT_DELIVERIES;
+use super::metrics::inc;
+pub use super::metrics::{EngineMetrics, EngineMetricsSnapshot};
+pub use super::view::{alerts_json, InstanceView};
+
 /// How long [`AlertEngine::run`] lets in-flight deliveries finish after shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// The engine's notion of "now". Production uses [`SystemClock`]; tests drive a [`ManualClock`].
-pub trait Clock: Send + Sync {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// A clock that only moves when told to.
-#[derive(Debug)]
-pub struct ManualClock(Mutex<DateTime<Utc>>);
-
-impl ManualClock {
-    pub fn new(start: DateTime<Utc>) -> Arc<Self> {
-        Arc::new(ManualClock(Mutex::new(start)))
-    }
-
-    pub fn set(&self, t: DateTime<Utc>) {
-        *self.0.lock().unwrap() = t;
-    }
-
-    pub fn advance(&self, d: Duration) {
-        let mut now = self.0.lock().unwrap();
-        *now += chrono::Duration::from_std(d).expect("duration fits chrono");
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap()
-    }
-}
-
-/// Engine counters for `/metrics` (cumulative since start). Delivery counters (attempts,
-/// successes, failures, retries) are the deliverer's [`DeliveryMetrics`].
-#[derive(Debug, Default)]
-pub struct EngineMetrics {
-    /// Evaluation rounds.
-    pub rounds: AtomicU64,
-    /// Rule evaluations (one per due rule per round).
-    pub evaluations: AtomicU64,
-    /// Rule evaluations that failed (query error, timeout, duplicate label sets).
-    pub evaluation_errors: AtomicU64,
-    /// Notifications handed to delivery (one per destination).
-    pub notifications: AtomicU64,
-    /// Failed writes of `state.json`.
-    pub state_write_errors: AtomicU64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EngineMetricsSnapshot {
-    pub rounds: u64,
-    pub evaluations: u64,
-    pub evaluation_errors: u64,
-    pub notifications: u64,
-    pub state_write_errors: u64,
-}
-
-impl EngineMetrics {
-    pub fn snapshot(&self) -> EngineMetricsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        EngineMetricsSnapshot {
-            rounds: get(&self.rounds),
-            evaluations: get(&self.evaluations),
-            evaluation_errors: get(&self.evaluation_errors),
-            notifications: get(&self.notifications),
-            state_write_errors: get(&self.state_write_errors),
-        }
-    }
-}
-
-fn inc(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
 
 /// The engine cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -159,184 +80,10 @@ pub struct EvalOutcome {
     pub notifications: Vec<Notification>,
 }
 
-/// One instance as shown by the API and `alerts check`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InstanceView {
-    pub rule: String,
-    pub fingerprint: String,
-    pub state: AlertState,
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-    pub value: f64,
-    pub threshold: f64,
-    pub severity: notify::Severity,
-    /// When it entered its current state.
-    pub since: DateTime<Utc>,
-    /// Start of the current episode (became pending).
-    pub active_at: DateTime<Utc>,
-    pub fired_at: Option<DateTime<Utc>>,
-    pub last_notified: Option<DateTime<Utc>>,
-    pub resolved_at: Option<DateTime<Utc>>,
-}
-
-impl From<&Instance> for InstanceView {
-    fn from(i: &Instance) -> Self {
-        InstanceView {
-            rule: i.rule.clone(),
-            fingerprint: i.fingerprint.clone(),
-            state: i.state,
-            labels: i.labels.clone(),
-            annotations: i.annotations.clone(),
-            value: i.value,
-            threshold: i.threshold,
-            severity: i.severity,
-            since: i.since(),
-            active_at: i.active_since,
-            fired_at: i.fired_at,
-            last_notified: i.last_notified_at,
-            resolved_at: i.resolved_at,
-        }
-    }
-}
-
-fn ts(t: DateTime<Utc>) -> Value {
-    Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true))
-}
-
-fn opt_ts(t: Option<DateTime<Utc>>) -> Value {
-    t.map(ts).unwrap_or(Value::Null)
-}
-
-fn number(v: f64) -> Value {
-    serde_json::Number::from_f64(v)
-        .map(Value::Number)
-        .unwrap_or(Value::Null)
-}
-
-/// The body of `GET /api/v1/alerts`:
-/// `{"alerts":[{"rule","fingerprint","state","labels","annotations","value","threshold",
-/// "since","last_notified","severity","active_at","fired_at","resolved_at"}]}`.
-/// `state` is `pending`, `firing` or `resolved`; times are RFC 3339 (UTC, milliseconds) or
-/// null; `since` is when the instance entered its current state; a non-finite value is null.
-pub fn alerts_json(views: &[InstanceView]) -> Value {
-    let alerts: Vec<Value> = views
-        .iter()
-        .map(|v| {
-            json!({
-                "rule": v.rule,
-                "fingerprint": v.fingerprint,
-                "state": v.state.as_str(),
-                "labels": v.labels,
-                "annotations": v.annotations,
-                "value": number(v.value),
-                "threshold": number(v.threshold),
-                "since": ts(v.since),
-                "last_notified": opt_ts(v.last_notified),
-                "severity": v.severity.as_str(),
-                "active_at": ts(v.active_at),
-                "fired_at": opt_ts(v.fired_at),
-                "resolved_at": opt_ts(v.resolved_at),
-            })
-        })
-        .collect();
-    json!({ "alerts": alerts })
-}
-
 /// `{model="gpt-4o", team="ml"}`.
 fn format_labels(labels: &BTreeMap<String, String>) -> String {
     let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
     format!("{{{}}}", inner.join(", "))
-}
-
-/// Per (destination name, fingerprint): id and completion signal of the last queued delivery.
-type Chains = HashMap<(String, String), (u64, oneshot::Receiver<()>)>;
-
-/// Delivery on spawned tasks, ordered per (destination, instance).
-struct Dispatcher {
-    deliverer: Arc<Deliverer>,
-    slots: Arc<Semaphore>,
-    chains: Arc<Mutex<Chains>>,
-    next_id: AtomicU64,
-    in_flight: Arc<watch::Sender<usize>>,
-}
-
-/// Decrements the in-flight count however the task ends.
-struct InFlight(Arc<watch::Sender<usize>>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-impl Dispatcher {
-    fn new(deliverer: Arc<Deliverer>) -> Self {
-        Dispatcher {
-            deliverer,
-            slots: Arc::new(Semaphore::new(MAX_CONCURRENT_DELIVERIES)),
-            chains: Arc::new(Mutex::new(HashMap::new())),
-            next_id: AtomicU64::new(0),
-            in_flight: Arc::new(watch::channel(0).0),
-        }
-    }
-
-    fn send(&self, destination: Destination, notification: Notification) {
-        let key = (
-            destination.name().to_owned(),
-            notification.fingerprint.clone(),
-        );
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (done, done_rx) = oneshot::channel::<()>();
-        let previous = self
-            .chains
-            .lock()
-            .unwrap()
-            .insert(key.clone(), (id, done_rx))
-            .map(|(_, rx)| rx);
-        self.in_flight.send_modify(|n| *n += 1);
-        let guard = InFlight(Arc::clone(&self.in_flight));
-        let deliverer = Arc::clone(&self.deliverer);
-        let slots = Arc::clone(&self.slots);
-        let chains = Arc::clone(&self.chains);
-        tokio::spawn(async move {
-            let _guard = guard;
-            if let Some(previous) = previous {
-                // Resolves when the previous delivery for this key finished (sender dropped).
-                let _ = previous.await;
-            }
-            let _slot = slots.acquire_owned().await;
-            match deliverer.notify(&destination, &notification).await {
-                Ok(outcome) => debug!(
-                    destination = destination.name(),
-                    rule = %notification.rule,
-                    fingerprint = %notification.fingerprint,
-                    status = %notification.status,
-                    attempts = outcome.attempts,
-                    "alert notification delivered"
-                ),
-                Err(err) => warn!(
-                    destination = destination.name(),
-                    kind = destination.kind(),
-                    url = %notify::redact(destination.url()),
-                    rule = %notification.rule,
-                    fingerprint = %notification.fingerprint,
-                    status = %notification.status,
-                    error = %err,
-                    "alert notification not delivered"
-                ),
-            }
-            drop(done);
-            let mut chains = chains.lock().unwrap();
-            if chains.get(&key).is_some_and(|(last, _)| *last == id) {
-                chains.remove(&key);
-            }
-        });
-    }
-
-    async fn idle(&self) {
-        let mut rx = self.in_flight.subscribe();
-        let _ = rx.wait_for(|n| *n == 0).await;
-    }
 }
 
 #[derive(Default)]
@@ -467,7 +214,7 @@ impl AlertEngine {
 
     /// The deliverer's counters (attempts, successes, failures, retries).
     pub fn delivery_metrics(&self) -> Option<Arc<DeliveryMetrics>> {
-        self.dispatcher.as_ref().map(|d| d.deliverer.metrics())
+        self.dispatcher.as_ref().map(|d| d.deliverer().metrics())
     }
 
     /// Evaluates every rule that is due, steps the instances, dispatches notifications (without

@@ -289,7 +289,7 @@ impl CompiledRule {
 
 /// What a [`RuleError`] is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
+pub enum Subject {
     /// The `[alerts]` table itself (`eval_interval`, …).
     Alerts,
     /// A rule, by name (or by 1-based position when it has no name).
@@ -298,25 +298,25 @@ pub enum Scope {
     Destination { name: String, index: usize },
 }
 
-impl fmt::Display for Scope {
+impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Scope::Alerts => f.write_str("alerts"),
-            Scope::Rule { name, index } if name.trim().is_empty() => write!(f, "rule #{index}"),
-            Scope::Rule { name, .. } => write!(f, "rule {name:?}"),
-            Scope::Destination { name, index } if name.trim().is_empty() => {
+            Subject::Alerts => f.write_str("alerts"),
+            Subject::Rule { name, index } if name.trim().is_empty() => write!(f, "rule #{index}"),
+            Subject::Rule { name, .. } => write!(f, "rule {name:?}"),
+            Subject::Destination { name, index } if name.trim().is_empty() => {
                 write!(f, "destination #{index}")
             }
-            Scope::Destination { name, .. } => write!(f, "destination {name:?}"),
+            Subject::Destination { name, .. } => write!(f, "destination {name:?}"),
         }
     }
 }
 
 /// One problem in the alert configuration: `rule "error-rate-spike": key "window": …`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{scope}: key {key:?}: {message}")]
+#[error("{subject}: key {key:?}: {message}")]
 pub struct RuleError {
-    pub scope: Scope,
+    pub subject: Subject,
     /// The offending key, dotted for nested ones (`annotations.summary`, `labels.team`).
     pub key: String,
     pub message: String,
@@ -325,8 +325,8 @@ pub struct RuleError {
 impl RuleError {
     /// The rule's name, when the error is about a rule.
     pub fn rule(&self) -> Option<&str> {
-        match &self.scope {
-            Scope::Rule { name, .. } => Some(name),
+        match &self.subject {
+            Subject::Rule { name, .. } => Some(name),
             _ => None,
         }
     }
@@ -400,7 +400,7 @@ pub fn compile(config: &AlertsConfig) -> Result<Vec<CompiledRule>, Vec<RuleError
     let mut errors = Vec::new();
     let mut top = |key: &str, message: &str| {
         errors.push(RuleError {
-            scope: Scope::Alerts,
+            subject: Subject::Alerts,
             key: key.to_owned(),
             message: message.to_owned(),
         })
@@ -414,20 +414,20 @@ pub fn compile(config: &AlertsConfig) -> Result<Vec<CompiledRule>, Vec<RuleError
 
     let mut destination_names = BTreeSet::new();
     for (i, d) in config.destinations.iter().enumerate() {
-        let scope = Scope::Destination {
+        let subject = Subject::Destination {
             name: d.name().to_owned(),
             index: i + 1,
         };
         if let Err(e) = d.validate() {
             errors.push(RuleError {
-                scope: scope.clone(),
+                subject: subject.clone(),
                 key: e.key.to_owned(),
                 message: e.reason,
             });
         }
         if !d.name().trim().is_empty() && !destination_names.insert(d.name()) {
             errors.push(RuleError {
-                scope,
+                subject,
                 key: "name".into(),
                 message: "another destination has the same name".into(),
             });
@@ -437,12 +437,12 @@ pub fn compile(config: &AlertsConfig) -> Result<Vec<CompiledRule>, Vec<RuleError
     let mut rule_names = BTreeSet::new();
     let mut compiled = Vec::with_capacity(config.rules.len());
     for (i, rule) in config.rules.iter().enumerate() {
-        let scope = Scope::Rule {
+        let subject = Subject::Rule {
             name: rule.name.clone(),
             index: i + 1,
         };
         let mut check = RuleCheck {
-            scope,
+            subject,
             errors: Vec::new(),
         };
         if !rule.name.trim().is_empty() && !rule_names.insert(rule.name.as_str()) {
@@ -464,14 +464,14 @@ pub fn compile(config: &AlertsConfig) -> Result<Vec<CompiledRule>, Vec<RuleError
 }
 
 struct RuleCheck {
-    scope: Scope,
+    subject: Subject,
     errors: Vec<RuleError>,
 }
 
 impl RuleCheck {
     fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.errors.push(RuleError {
-            scope: self.scope.clone(),
+            subject: self.subject.clone(),
             key: key.into(),
             message: message.into(),
         });
@@ -689,77 +689,48 @@ fn is_label_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// A light syntactic check: one statement that starts with SELECT or WITH (after comments and
-/// opening parentheses). The query layer's read-only guard is the real protection; this only
-/// catches mistakes at config load instead of at the first evaluation.
+/// The rule's SQL parsed with the query engine's parser (DataFusion's generic dialect): exactly
+/// one statement, and that statement a query (`SELECT`, `WITH`, `VALUES`, set operations,
+/// parenthesised). The query layer's read-only guard is the real protection; this catches
+/// mistakes at config load instead of at the first evaluation.
 fn check_sql(sql: &str) -> Result<(), String> {
-    let code = strip_sql(sql);
-    let trimmed = code.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
-    if trimmed.trim().is_empty() {
-        return Err("must not be empty".into());
-    }
-    let first: String = trimmed
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .collect();
-    if !first.eq_ignore_ascii_case("select") && !first.eq_ignore_ascii_case("with") {
-        return Err(format!(
+    use datafusion::sql::sqlparser::ast::Statement;
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    let statements =
+        Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| format!("is not valid SQL: {e}"))?;
+    match statements.as_slice() {
+        [] => Err("must not be empty".into()),
+        [Statement::Query(_)] => Ok(()),
+        [_] => Err(format!(
             "must be a query starting with SELECT or WITH, not {:?}",
-            if first.is_empty() {
-                trimmed.chars().take(20).collect::<String>()
-            } else {
-                first
-            }
-        ));
+            first_word(sql)
+        )),
+        _ => Err(format!(
+            "must be a single statement, not {}",
+            statements.len()
+        )),
     }
-    let body = code.trim_end();
-    let body = body.strip_suffix(';').unwrap_or(body);
-    if body.contains(';') {
-        return Err("must be a single statement".into());
-    }
-    Ok(())
 }
 
-/// The SQL with comments removed and string/identifier literals blanked (so `';'` in a literal
-/// is not a statement separator).
-fn strip_sql(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '-' if chars.peek() == Some(&'-') => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-                out.push('\n');
-            }
-            '/' if chars.peek() == Some(&'*') => {
-                chars.next();
-                let mut prev = ' ';
-                for c in chars.by_ref() {
-                    if prev == '*' && c == '/' {
-                        break;
-                    }
-                    prev = c;
-                }
-                out.push(' ');
-            }
-            '\'' | '"' => {
-                // Doubled quotes inside a literal end it and reopen it: same result here.
-                for inner in chars.by_ref() {
-                    if inner == c {
-                        break;
-                    }
-                }
-                out.push(c);
-                out.push(c);
-            }
-            _ => out.push(c),
-        }
-    }
-    out
+/// The first word of `sql` after comments and opening parentheses, as written: what a
+/// statement that is not a query is named by in its error.
+fn first_word(sql: &str) -> String {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .unwrap_or_default();
+    tokens
+        .iter()
+        .find(|t| !matches!(t, Token::Whitespace(_) | Token::LParen))
+        .map(|t| match t {
+            Token::Word(w) => w.value.clone(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -780,6 +751,24 @@ mod unit {
             .contains("single"));
         assert!(check_sql("  -- only a comment").is_err());
         assert!(check_sql("selection").is_err());
+    }
+
+    #[test]
+    fn sql_check_names_what_is_not_one_query() {
+        assert!(check_sql("VALUES (1)").is_ok());
+        assert!(check_sql("SELECT 1 AS value UNION ALL SELECT 2").is_ok());
+        assert_eq!(
+            check_sql("/* why */ EXPLAIN SELECT 1").unwrap_err(),
+            r#"must be a query starting with SELECT or WITH, not "EXPLAIN""#
+        );
+        assert_eq!(
+            check_sql("SELECT 1; SELECT 2").unwrap_err(),
+            "must be a single statement, not 2"
+        );
+        assert!(check_sql("SELEC 1 AS value")
+            .unwrap_err()
+            .starts_with("is not valid SQL: "));
+        assert_eq!(check_sql(";").unwrap_err(), "must not be empty");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub use admission::{footprint, Admission, Admitted, DECODED_PER_WIRE_BYTE};
 pub use normalise::Limits;
 
 use crate::aggregate::Aggregator;
+use crate::ledger::{Ledger, Ticket};
 use crate::metrics::{Metrics, WriteFailure, WriteTarget};
 use crate::pricing::PriceBook;
 use crate::record::SpanRecord;
@@ -118,33 +119,14 @@ pub struct ExportOutcome {
 pub struct Pipeline {
     limits: Limits,
     prices: Arc<PriceBook>,
-    wal: Option<Arc<Log>>,
+    /// The log requests are written to, and what it must keep of them.
+    ledger: Arc<Ledger>,
     store: Arc<Store>,
     aggregator: Arc<Aggregator>,
     metrics: Arc<Metrics>,
     response_ids: dedup::ResponseIds,
     assembler: assemble::Assembler<Pending>,
-    in_flight: Arc<InFlight>,
     admission: Admission,
-    /// The first log record the rollup files may not count yet (see
-    /// `wal::RollupMark`): the log keeps it and what follows.
-    rollup_floor: std::sync::Mutex<Option<WalPosition>>,
-}
-
-/// Requests between their log append and their buffer append, by the log
-/// position they will have at least: until they reach the buffer, the log
-/// must not be truncated past them.
-#[derive(Default)]
-struct InFlight {
-    next: std::sync::atomic::AtomicU64,
-    open: std::sync::Mutex<std::collections::BTreeMap<u64, WalPosition>>,
-}
-
-/// Keeps the log from being truncated past a request until its spans are
-/// in the buffer (however long it waits for trace assembly).
-struct Ticket {
-    in_flight: Arc<InFlight>,
-    id: u64,
 }
 
 /// A request waiting for its calls' ancestors (see [`assemble`]): its rows
@@ -154,39 +136,6 @@ pub struct Pending {
     position: Option<WalPosition>,
     received: SystemTime,
     _ticket: Option<Ticket>,
-}
-
-impl InFlight {
-    fn begin(self: &Arc<Self>, at_least: WalPosition) -> Ticket {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, at_least);
-        Ticket {
-            in_flight: self.clone(),
-            id,
-        }
-    }
-
-    fn min(&self) -> Option<WalPosition> {
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .min()
-            .copied()
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.in_flight
-            .open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
-    }
 }
 
 impl Pipeline {
@@ -200,20 +149,18 @@ impl Pipeline {
     ) -> Self {
         Self {
             prices,
-            wal,
+            ledger: Arc::new(Ledger::new(wal, store.clone())),
             store,
             aggregator,
             metrics,
             response_ids: dedup::ResponseIds::default(),
             assembler: assemble::Assembler::new(DEFAULT_TRACE_WAIT),
-            in_flight: Arc::default(),
             admission: Admission::new(
                 limits.max_in_flight_bytes,
                 limits.memory_limit,
                 limits.retry_after,
             ),
             limits,
-            rollup_floor: Default::default(),
         }
     }
 
@@ -245,41 +192,10 @@ impl Pipeline {
         open
     }
 
-    /// The lowest log position whose spans may not be in Parquet yet: the
-    /// log may forget everything before it. Requests in flight are read
-    /// before the buffer, so one moving from the first to the second is
-    /// seen in at least one of them.
-    pub fn live_floor(&self) -> Option<WalPosition> {
-        let in_flight = self.in_flight.min();
-        let buffered = self.store.buffer().min_live_wal();
-        match (in_flight, buffered) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Every log record before this position has been aggregated: read the
-    /// log's end first, then the requests in flight, so a request appended
-    /// before that end is seen in flight or is done. `None` without a log.
-    pub fn aggregated_before(&self) -> Option<WalPosition> {
-        let end = self.wal.as_ref()?.end();
-        Some(self.in_flight.min().map_or(end, |m| m.min(end)))
-    }
-
-    /// Where the log must keep records from for the rollups (the last
-    /// rollup mark's `aggregated_before`); see [`Pipeline::log_floor`].
-    pub fn set_rollup_floor(&self, floor: Option<WalPosition>) {
-        *self.rollup_floor.lock().unwrap_or_else(|p| p.into_inner()) = floor;
-    }
-
-    /// The lowest log position still needed: by spans not in Parquet yet
-    /// ([`Pipeline::live_floor`]) or by rollups not written yet.
-    pub fn log_floor(&self) -> Option<WalPosition> {
-        let rollups = *self.rollup_floor.lock().unwrap_or_else(|p| p.into_inner());
-        match (self.live_floor(), rollups) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// What the log must keep: requests in flight take their tickets
+    /// here, the rollup sink reports its floor, the flusher truncates.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
     }
 
     /// Feeds a request read back from the log at start, as it was accepted,
@@ -457,12 +373,12 @@ impl Pipeline {
         // Logged as received: replay runs the same validation again. The
         // ticket keeps the log from being truncated past this request until
         // its spans are in the buffer.
-        let mut ticket = self.wal.as_ref().map(|log| self.in_flight.begin(log.end()));
+        let mut ticket = self.ledger.begin();
         let now = SystemTime::now();
         let work = {
             let (this, tenant) = (self.clone(), tenant.clone());
             move || -> Result<_, IngestError> {
-                let submitted = match &this.wal {
+                let submitted = match this.ledger.log() {
                     Some(log) => Some(
                         log.submit(&tenant, &request)
                             .map_err(|e| this.log_failed(e))?,

@@ -13,8 +13,8 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
-use super::source::{Metric, MetricQuery, Sample, Source, SourceError};
 use crate::aggregate::{hdr, Aggregator, Cell, Counters, Dimension, StatsQuery};
+use crate::alert::source::{Metric, MetricQuery, Sample, Source, SourceError};
 use crate::query::{QueryEngine, QueryResult};
 
 /// The value of `metric` for the calls merged in `cell`; `None` when the
